@@ -1,0 +1,191 @@
+"""The aiohttp application: routes, middleware and the Redis lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import routes
+from service.auth import ApiKeys
+from service.config import Settings
+from service.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    StoreUnavailable,
+    TokenRejected,
+    problem,
+)
+from service.metrics import HTTP_DURATION, HTTP_REQUESTS, REGISTRY, STORE_ERRORS, VALIDATIONS
+from service.openapi import openapi_document
+from service.redis_client import create_client
+from service.state import API_KEYS, SETTINGS, STORE
+from service.store import Store
+
+logger = logging.getLogger("session_store.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Every route of the service: (method, path template, handler). The OpenAPI
+# document is checked against this table, so the two cannot drift.
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/v1/sessions", routes.create_session),
+    ("GET", "/v1/sessions/{session_id}", routes.get_session),
+    ("DELETE", "/v1/sessions/{session_id}", routes.revoke_session),
+    ("GET", "/v1/users/{user_id}/sessions", routes.list_user_sessions),
+    ("DELETE", "/v1/users/{user_id}/sessions", routes.revoke_user_sessions),
+    ("GET", "/v1/validate", routes.validate),
+    ("GET", "/v1/me/session", routes.my_session),
+    ("DELETE", "/v1/me/session", routes.sign_out),
+    ("POST", "/v1/me/session/extend", routes.extend_my_session),
+    ("GET", "/v1/me/sessions", routes.my_sessions),
+    ("DELETE", "/v1/me/sessions", routes.revoke_my_sessions),
+    ("DELETE", "/v1/me/sessions/{session_id}", routes.revoke_my_session),
+]
+
+_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:-]{1,128}\Z")
+
+
+def _request_id(request: web.Request) -> str:
+    """Reuse a well-formed X-Request-Id, else draw one; never echo raw input."""
+    offered = request.headers.get("X-Request-Id", "")
+    return offered if _REQUEST_ID.match(offered) else secrets.token_hex(8)
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _problem_response(error: ServiceError) -> web.Response:
+    body = problem(error.status, error.code, error.title, error.detail)
+    headers = {"Cache-Control": "no-store", **error.headers()}
+    return web.Response(body=orjson.dumps(body), status=error.status, headers=headers,
+                        content_type="application/problem+json")
+
+
+def _as_service_error(exc: web.HTTPException) -> ServiceError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such resource")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"method {exc.method} is not allowed here")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("body: larger than the configured limit")
+    error = ServiceError(exc.reason)
+    error.status, error.code, error.title = exc.status, "http_error", exc.reason
+    return error
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure with problem details, log one line per request, count it."""
+    started = time.perf_counter()
+    request_id = _request_id(request)
+    error: ServiceError | None = None
+    try:
+        response = await handler(request)
+    except ServiceError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _as_service_error(exc)
+    except Exception:
+        logger.exception("unhandled error", extra={"request_id": request_id})
+        error = ServiceError("the server failed to handle the request")
+
+    if error is not None:
+        response = _problem_response(error)
+        _count_error(request, error)
+    response.headers["X-Request-Id"] = request_id
+    _record(request, response.status, time.perf_counter() - started, request_id, error)
+    return response
+
+
+def _count_error(request: web.Request, error: ServiceError) -> None:
+    if isinstance(error, StoreUnavailable):
+        STORE_ERRORS.inc()
+    if isinstance(error, TokenRejected | StoreUnavailable) and request.path == "/v1/validate":
+        VALIDATIONS.labels(error.code).inc()
+
+
+def _record(request: web.Request, status: int, duration_s: float, request_id: str,
+            error: ServiceError | None) -> None:
+    route = _route_template(request)
+    HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+    HTTP_DURATION.labels(route, request.method).observe(duration_s)
+    if status == 200 and route == "/v1/validate":
+        VALIDATIONS.labels("valid").inc()
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "%s %s %d", request.method, route, status,
+            extra={
+                "request_id": request_id, "method": request.method, "route": route,
+                "status": status, "duration_ms": round(duration_s * 1000, 3),
+                "session_id": request.get("session_id"), "user_id": request.get("user_id"),
+                "code": error.code if error else None,
+            },
+        )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    try:
+        await store.ping()
+        loaded = await store.call(store.client.script_exists(*[s.sha for s in store.scripts.all()]))
+        if not all(loaded):
+            await store.load_scripts()
+    except StoreUnavailable as exc:
+        return web.json_response({"status": "unavailable", "detail": exc.detail}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(REGISTRY),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(request.app[OPENAPI]), content_type="application/json")
+
+
+OPENAPI = web.AppKey("openapi", dict)
+
+
+def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> web.Application:
+    """Build the application; the Redis client opens on startup and closes on cleanup."""
+    app = web.Application(client_max_size=settings.service.max_body_bytes,
+                          middlewares=[problem_middleware])
+    app[SETTINGS] = settings
+    app[API_KEYS] = ApiKeys(settings.service.api_keys)
+    app[OPENAPI] = openapi_document(ROUTES)
+
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+
+    async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        client = create_client(redis_url, cluster=cluster, settings=settings.service)
+        service = settings.service
+        app[STORE] = Store(client, key_prefix=service.key_prefix, timeout_s=service.redis_timeout,
+                           grace_s=service.expiry_grace, device_retention_s=service.device_retention)
+        yield
+        await client.aclose()
+
+    app.cleanup_ctx.append(redis_lifecycle)
+    return app

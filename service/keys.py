@@ -1,0 +1,37 @@
+"""The one place that shapes Redis keys.
+
+Every key of a user carries the user's tag in braces, ``{tag}``, as its
+Redis Cluster hash tag. Scripts that change several of a user's keys at
+once (limit, replace, revoke all) then touch a single hash slot, which
+Redis Cluster requires. The tag comes first after the configured prefix,
+so braces inside user ids or device ids can never move it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class UserKeys(msgspec.Struct, frozen=True):
+    """The keys of one user, for a given key prefix."""
+
+    index: str
+    devices: str
+    session_prefix: str
+    marker_prefix: str
+
+    def session(self, sid: str) -> str:
+        return self.session_prefix + sid
+
+    def marker(self, sid: str) -> str:
+        return self.marker_prefix + sid
+
+
+def user_keys(prefix: str, tag: str) -> UserKeys:
+    base = f"{prefix}{{{tag}}}:"
+    return UserKeys(
+        index=base + "i",
+        devices=base + "d",
+        session_prefix=base + "s:",
+        marker_prefix=base + "r:",
+    )

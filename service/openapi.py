@@ -1,0 +1,163 @@
+"""The OpenAPI 3.1 document, generated from the route table and msgspec types."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from service import __version__, schemas
+from service.models import CreateSessionRequest
+
+MANAGEMENT = [{"apiKey": []}]
+SELF_SERVICE = [{"sessionToken": []}, {"sessionCookie": []}]
+
+_SESSION_ID = {"name": "session_id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^sess_[A-Za-z0-9_-]{24}$"}}
+_USER_ID = {"name": "user_id", "in": "path", "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+
+# (method, path) -> summary, security, parameters, request body type,
+# {status: response body type or None}. Every route must have an entry.
+_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/sessions"): {
+        "summary": "Create a session for one device of a user",
+        "security": MANAGEMENT, "body": CreateSessionRequest,
+        "responses": {201: schemas.CreatedSessionView, 400: None, 401: None, 403: None,
+                      409: None, 413: None, 429: None},
+    },
+    ("GET", "/v1/sessions/{session_id}"): {
+        "summary": "Get one live session", "security": MANAGEMENT, "parameters": [_SESSION_ID],
+        "responses": {200: schemas.SessionItem, 401: None, 404: None},
+    },
+    ("DELETE", "/v1/sessions/{session_id}"): {
+        "summary": "Revoke one session", "security": MANAGEMENT, "parameters": [_SESSION_ID],
+        "responses": {204: None, 401: None, 404: None},
+    },
+    ("GET", "/v1/users/{user_id}/sessions"): {
+        "summary": "List a user's live sessions, most recently active first",
+        "security": MANAGEMENT, "parameters": [_USER_ID],
+        "responses": {200: schemas.SessionList, 400: None, 401: None},
+    },
+    ("DELETE", "/v1/users/{user_id}/sessions"): {
+        "summary": "Revoke all of a user's sessions, optionally keeping one",
+        "security": MANAGEMENT,
+        "parameters": [_USER_ID, {"name": "except", "in": "query", "required": False,
+                                  "schema": {"type": "string"}}],
+        "responses": {200: schemas.RevokedCount, 400: None, 401: None},
+    },
+    ("GET", "/v1/validate"): {
+        "summary": "Validate a token and extend its session (gateway hot path)",
+        "security": SELF_SERVICE,
+        "parameters": [{"name": "extend", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}}],
+        "responses": {200: schemas.ValidationView, 400: None, 401: None},
+    },
+    ("GET", "/v1/me/session"): {
+        "summary": "Status of the current session, without extending it",
+        "security": SELF_SERVICE, "responses": {200: schemas.SessionStatus, 401: None},
+    },
+    ("DELETE", "/v1/me/session"): {
+        "summary": "Sign out this device", "security": SELF_SERVICE,
+        "responses": {204: None, 401: None},
+    },
+    ("POST", "/v1/me/session/extend"): {
+        "summary": "Extend the current session up to its maximum lifetime",
+        "security": SELF_SERVICE, "responses": {200: schemas.ExtendResult, 401: None},
+    },
+    ("GET", "/v1/me/sessions"): {
+        "summary": "List the current user's live sessions", "security": SELF_SERVICE,
+        "responses": {200: schemas.MySessionList, 401: None},
+    },
+    ("DELETE", "/v1/me/sessions"): {
+        "summary": "Revoke the user's other sessions (scope=others) or all (scope=all)",
+        "security": SELF_SERVICE,
+        "parameters": [{"name": "scope", "in": "query", "required": True,
+                        "schema": {"type": "string", "enum": ["others", "all"]}}],
+        "responses": {200: schemas.RevokedCount, 400: None, 401: None},
+    },
+    ("DELETE", "/v1/me/sessions/{session_id}"): {
+        "summary": "Revoke one of the user's own sessions", "security": SELF_SERVICE,
+        "parameters": [_SESSION_ID], "responses": {204: None, 401: None, 404: None},
+    },
+}
+
+_STATUS_TEXT = {200: "OK", 201: "Created", 204: "No Content", 400: "Invalid request",
+                401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
+                413: "Payload too large", 429: "Too many requests",
+                503: "Session store unavailable"}
+
+
+def openapi_document(routes: Sequence[tuple[str, str, Any]]) -> dict[str, Any]:
+    """Describe every route; raise KeyError for a route without a description."""
+    models = {spec["body"] for spec in _OPERATIONS.values() if "body" in spec}
+    models |= {model for spec in _OPERATIONS.values() for model in spec["responses"].values()
+               if model is not None}
+    models.add(schemas.Problem)
+    ordered = sorted(models, key=lambda model: model.__name__)
+    refs, components = msgspec.json.schema_components(ordered, ref_template="#/components/schemas/{name}")
+    ref_of = dict(zip(ordered, refs, strict=True))
+
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, _ in routes:
+        spec = _OPERATIONS[(method, path)]
+        paths.setdefault(path, {})[method.lower()] = _operation(spec, ref_of)
+    paths.update(_operations_paths())
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Session store", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
+    }
+
+
+def _operation(spec: dict[str, Any], ref_of: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, model in spec["responses"].items():
+        responses[str(status)] = _response(status, model, ref_of)
+    responses["503"] = _response(503, None, ref_of)
+
+    operation: dict[str, Any] = {"summary": spec["summary"], "security": spec["security"],
+                                 "parameters": spec.get("parameters", []), "responses": responses}
+    if "body" in spec:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": ref_of[spec["body"]]}}}
+    return operation
+
+
+def _response(status: int, model: Any, ref_of: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    if status == 204:
+        return {"description": _STATUS_TEXT[status]}
+    if model is None:
+        return {"description": _STATUS_TEXT[status],
+                "content": {"application/problem+json": {"schema": ref_of[schemas.Problem]}}}
+    return {"description": _STATUS_TEXT[status],
+            "content": {"application/json": {"schema": ref_of[model]}}}
+
+
+def _operations_paths() -> dict[str, Any]:
+    plain = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+    json_ok = {"content": {"application/json": {"schema": plain}}}
+    return {
+        "/healthz": {"get": {"summary": "Process is alive", "security": [],
+                             "responses": {"200": {"description": "Alive", **json_ok}}}},
+        "/readyz": {"get": {"summary": "Redis reachable and scripts loaded", "security": [],
+                            "responses": {"200": {"description": "Ready", **json_ok},
+                                          "503": {"description": "Not ready", **json_ok}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                             "responses": {"200": {"description": "Prometheus text format",
+                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                  "responses": {"200": {"description": "OpenAPI 3.1",
+                                                        "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    }
+
+
+_SECURITY_SCHEMES = {
+    "apiKey": {"type": "http", "scheme": "bearer", "description": "API key from configuration"},
+    "sessionToken": {"type": "http", "scheme": "bearer", "description": "Session token"},
+    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "session",
+                      "description": "Session token in the configured cookie"},
+}

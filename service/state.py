@@ -1,0 +1,13 @@
+"""Typed keys for what the aiohttp application holds."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service.auth import ApiKeys
+from service.config import Settings
+from service.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+API_KEYS = web.AppKey("api_keys", ApiKeys)
