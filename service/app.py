@@ -27,7 +27,7 @@ from service.errors import (
 from service.metrics import HTTP_DURATION, HTTP_REQUESTS, REGISTRY, STORE_ERRORS, VALIDATIONS
 from service.openapi import openapi_document
 from service.redis_client import create_client
-from service.state import API_KEYS, SETTINGS, STORE
+from service.state import API_KEYS, REQUEST_SESSION_ID, REQUEST_USER_ID, SETTINGS, STORE
 from service.store import Store
 
 logger = logging.getLogger("session_store.http")
@@ -130,7 +130,7 @@ def _record(request: web.Request, status: int, duration_s: float, request_id: st
             extra={
                 "request_id": request_id, "method": request.method, "route": route,
                 "status": status, "duration_ms": round(duration_s * 1000, 3),
-                "session_id": request.get("session_id"), "user_id": request.get("user_id"),
+                "session_id": request.get(REQUEST_SESSION_ID), "user_id": request.get(REQUEST_USER_ID),
                 "code": error.code if error else None,
             },
         )

@@ -13,7 +13,7 @@ from service.bodies import json_response, read_json
 from service.errors import InvalidRequest, NotFound, TokenRejected
 from service.models import CreateSessionRequest, UserId
 from service.policies import apply_policy
-from service.state import API_KEYS, SETTINGS, STORE
+from service.state import API_KEYS, REQUEST_SESSION_ID, REQUEST_USER_ID, SETTINGS, STORE
 from service.store import MODE_ACTIVITY, MODE_CHECK, MODE_EXTEND, Validation
 from service.tokens import SessionRef, parse_session_id
 
@@ -60,8 +60,8 @@ async def current_session(request: web.Request, *, mode: int, device_count: bool
         except TokenRejected as exc:
             first_error = first_error or exc
             continue
-        request["session_id"] = result.ref.session_id
-        request["user_id"] = result.record.user_id
+        request[REQUEST_SESSION_ID] = result.ref.session_id
+        request[REQUEST_USER_ID] = result.record.user_id
         return result
     assert first_error is not None
     raise first_error
@@ -82,8 +82,8 @@ async def create_session(request: web.Request) -> web.Response:
     new = apply_policy(policy, body, client_ip)
 
     created = await request.app[STORE].create_session(new)
-    request["session_id"] = created.ref.session_id
-    request["user_id"] = body.user_id
+    request[REQUEST_SESSION_ID] = created.ref.session_id
+    request[REQUEST_USER_ID] = body.user_id
     payload = views.created_body(created, body, new.window_s, policy.name, new.extend_on_activity)
     return json_response(payload, status=201)
 

@@ -11,3 +11,7 @@ from service.store import Store
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
+
+# Identity of the request's session, for the access log line.
+REQUEST_SESSION_ID = web.RequestKey("session_id", str)
+REQUEST_USER_ID = web.RequestKey("user_id", str)
