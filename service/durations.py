@@ -20,7 +20,7 @@ def parse_duration_s(value: object) -> int:
     if isinstance(value, int):
         seconds = value
     elif isinstance(value, str):
-        match = _PATTERN.match(value)
+        match = _PATTERN.fullmatch(value)
         if match is None:
             raise ValueError("expected seconds or a duration like '90s', '5m', '24h', '30d'")
         seconds = int(match.group(1)) * _UNIT_S[match.group(2)]

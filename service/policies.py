@@ -9,7 +9,7 @@ import orjson
 
 from service.durations import format_duration, parse_duration_s
 from service.errors import InvalidRequest
-from service.models import CreateSessionRequest
+from service.models import MAX_METADATA_BYTES, CreateSessionRequest
 from service.store import NewSession
 
 OnLimit = Literal["evict_oldest", "reject"]
@@ -118,8 +118,20 @@ def apply_policy(policy: Policy, body: CreateSessionRequest, client_ip: str) -> 
         requires_trusted_device=policy.requires_trusted_device,
         client_ip=client_ip,
         user_agent=(client.user_agent if client else None) or "",
-        metadata_json=orjson.dumps(body.metadata or {}).decode("utf-8"),
+        metadata_json=_metadata_json(body.metadata),
     )
+
+
+def _metadata_json(metadata: dict[str, object] | None) -> str:
+    try:
+        encoded = orjson.dumps(metadata or {})
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"metadata: cannot be stored as JSON ({exc})") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise InvalidRequest(
+            f"metadata: {len(encoded)} bytes when encoded, the limit is {MAX_METADATA_BYTES}"
+        )
+    return encoded.decode("utf-8")
 
 
 def _request_duration(field: str, value: int | str | None, default_s: int) -> int:

@@ -72,7 +72,7 @@ def new_session(user_id: str) -> tuple[SessionRef, str, bytes]:
 
 
 def parse_session_id(session_id: str) -> SessionRef | None:
-    match = _SESSION_ID.match(session_id)
+    match = _SESSION_ID.fullmatch(session_id)
     if match is None:
         return None
     return SessionRef(match.group(1), match.group(2))
@@ -80,7 +80,7 @@ def parse_session_id(session_id: str) -> SessionRef | None:
 
 def parse_token(token: str) -> ParsedToken | None:
     """Split a token into its session and secret hash; None if malformed."""
-    match = _TOKEN.match(token)
+    match = _TOKEN.fullmatch(token)
     if match is None:
         return None
     return ParsedToken(SessionRef(match.group(1), match.group(2)), hash_secret(match.group(3)))
