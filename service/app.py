@@ -86,7 +86,7 @@ def _as_service_error(exc: web.HTTPException) -> ServiceError:
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every failure with problem details, log one line per request, count it."""
+    """Turn every failure into problem details, then log and count the request."""
     started = time.perf_counter()
     request_id = _request_id(request)
     error: ServiceError | None = None

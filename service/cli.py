@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(settings.service.log_level)
     if not settings.service.api_keys:
-        logger.warning("no API keys configured: management endpoints answer 401 "
+        logger.warning("no API keys configured: management endpoints return 401 "
                        "(set SESSION_STORE_API_KEYS or [service] api_keys)")
     return serve(args, settings)
 

@@ -138,20 +138,27 @@ def _response(status: int, model: Any, ref_of: dict[Any, dict[str, Any]]) -> dic
 
 
 def _operations_paths() -> dict[str, Any]:
-    plain = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
-    json_ok = {"content": {"application/json": {"schema": plain}}}
+    status = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+
+    def content(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"content": {media_type: {"schema": schema}}}
+
+    def get(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+        return {"get": {"summary": summary, "security": [], "responses": responses}}
+
+    json_status = content("application/json", status)
     return {
-        "/healthz": {"get": {"summary": "Process is alive", "security": [],
-                             "responses": {"200": {"description": "Alive", **json_ok}}}},
-        "/readyz": {"get": {"summary": "Redis reachable and scripts loaded", "security": [],
-                            "responses": {"200": {"description": "Ready", **json_ok},
-                                          "503": {"description": "Not ready", **json_ok}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
-                             "responses": {"200": {"description": "Prometheus text format",
-                                                   "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-        "/openapi.json": {"get": {"summary": "This document", "security": [],
-                                  "responses": {"200": {"description": "OpenAPI 3.1",
-                                                        "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/healthz": get("Process is alive", {"200": {"description": "Alive", **json_status}}),
+        "/readyz": get("Redis reachable and scripts loaded", {
+            "200": {"description": "Ready", **json_status},
+            "503": {"description": "Not ready", **json_status},
+        }),
+        "/metrics": get("Prometheus metrics", {
+            "200": {"description": "Prometheus text format", **content("text/plain", {"type": "string"})},
+        }),
+        "/openapi.json": get("This document", {
+            "200": {"description": "OpenAPI 3.1", **content("application/json", {"type": "object"})},
+        }),
     }
 
 

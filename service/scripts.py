@@ -34,7 +34,7 @@ class Status(enum.IntEnum):
 
 
 def _lua_folder() -> Traversable:
-    """The lua/ folder: beside the package in a checkout, inside it in a wheel."""
+    """Locate lua/: beside the package in a checkout, inside it in a wheel."""
     checkout = Path(__file__).resolve().parent.parent / "lua"
     if (checkout / "_prelude.lua").is_file():
         return checkout

@@ -31,7 +31,7 @@ _TOKEN = re.compile(
 
 
 class SessionRef(msgspec.Struct, frozen=True):
-    """Where a session lives: its user's tag and its id within the user."""
+    """Location of a session: its user's tag and its id within the user."""
 
     tag: str
     sid: str

@@ -31,7 +31,7 @@ def _metadata(record: SessionRecord) -> Any:
 
 
 def session_item(ref: SessionRef, record: SessionRecord) -> dict[str, Any]:
-    """A session as the management list and GET /v1/sessions/{id} show it."""
+    """Build a session item as the lists and GET /v1/sessions/{id} return it."""
     return {
         "session_id": ref.session_id,
         "user_id": record.user_id,

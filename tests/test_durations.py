@@ -16,7 +16,8 @@ def test_parse_duration_accepts_contract_forms(text: object, seconds: int) -> No
 
 @pytest.mark.parametrize(
     "value",
-    ["", "5m\n", "5", "5 m", "5M", "1w", "-5m", "0s", 0, -1, 1.5, True, None, "99999999999d", MAX_DURATION_S + 1],
+    ["", "5m\n", "5", "5 m", "5M", "1w", "-5m", "0s", 0, -1, 1.5, True, None, "99999999999d",
+     MAX_DURATION_S + 1],
     ids=["empty", "newline", "no-unit", "space", "upper", "weeks", "negative-text", "zero-text", "zero",
          "negative", "float", "bool", "none", "huge-text", "over-max"],
 )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import base64
 
 from service.keys import user_keys
-from service.tokens import hash_secret, new_session, parse_session_id, parse_token, user_tag
+from service.tokens import new_session, parse_session_id, parse_token, user_tag
 
 
 def test_new_session_token_secret_carries_256_bits() -> None:
