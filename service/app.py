@@ -29,6 +29,7 @@ from service.openapi import openapi_document
 from service.redis_client import create_client
 from service.state import API_KEYS, REQUEST_SESSION_ID, REQUEST_USER_ID, SETTINGS, STORE
 from service.store import Store
+from service.tokens import parse_token
 
 logger = logging.getLogger("session_store.http")
 
@@ -55,9 +56,24 @@ _REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:-]{1,128}\Z")
 
 
 def _request_id(request: web.Request) -> str:
-    """Reuse a well-formed X-Request-Id, else draw one; never echo raw input."""
+    """Reuse a well-formed X-Request-Id, else draw one.
+
+    An id shaped like a session token or equal to an API key is replaced,
+    so a confused client cannot get a credential into the logs.
+    """
     offered = request.headers.get("X-Request-Id", "")
-    return offered if _REQUEST_ID.match(offered) else secrets.token_hex(8)
+    if not _REQUEST_ID.match(offered) or parse_token(offered) is not None:
+        return secrets.token_hex(8)
+    if request.app[API_KEYS].contains(offered):
+        return secrets.token_hex(8)
+    return offered
+
+
+def _routing_pattern(path: str) -> str:
+    """Let user and device ids contain braces: aiohttp's default segment excludes them."""
+    for name in ("user_id", "device_id"):
+        path = path.replace(f"{{{name}}}", f"{{{name}:[^/]+}}")
+    return path
 
 
 def _route_template(request: web.Request) -> str:
@@ -76,7 +92,9 @@ def _as_service_error(exc: web.HTTPException) -> ServiceError:
     if isinstance(exc, web.HTTPNotFound):
         return NotFound("no such resource")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return MethodNotAllowed(f"method {exc.method} is not allowed here")
+        allowed = sorted(exc.allowed_methods)
+        return MethodNotAllowed(f"method {exc.method} is not allowed here; allowed: {', '.join(allowed)}",
+                                allowed=allowed)
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLarge("body: larger than the configured limit")
     error = ServiceError(exc.reason)
@@ -173,7 +191,7 @@ def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> 
     app[OPENAPI] = openapi_document(ROUTES)
 
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        app.router.add_route(method, _routing_pattern(path), handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -37,6 +37,14 @@ class ApiKeys:
     def __repr__(self) -> str:
         return f"ApiKeys(<{len(self._keys)} keys>)"
 
+    def contains(self, candidate: str) -> bool:
+        encoded = candidate.encode("utf-8")
+        matched = False
+        for key in self._keys:
+            # Compare with every key, so the time taken does not tell which matched.
+            matched |= hmac.compare_digest(encoded, key)
+        return matched
+
     def require(self, request: web.Request) -> None:
         """Raise Unauthorized unless the request carries a configured API key.
 
@@ -45,12 +53,7 @@ class ApiKeys:
         credential = bearer_credential(request)
         if credential is None:
             raise Unauthorized("missing API key: send Authorization: Bearer <api key>")
-        candidate = credential.encode("utf-8")
-        matched = False
-        for key in self._keys:
-            # Compare with every key, so the time taken does not tell which matched.
-            matched |= hmac.compare_digest(candidate, key)
-        if not matched:
+        if not self.contains(credential):
             raise Unauthorized("invalid API key")
 
 

@@ -69,6 +69,13 @@ class NotFound(ServiceError):
 class MethodNotAllowed(ServiceError):
     status, code, title = 405, "method_not_allowed", "Method not allowed"
 
+    def __init__(self, detail: str, *, allowed: list[str]) -> None:
+        super().__init__(detail)
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
 
 class SessionLimitReached(ServiceError):
     status, code, title = 409, "session_limit_reached", "Session limit reached"

@@ -10,8 +10,8 @@ import msgspec
 from service import __version__, schemas
 from service.models import CreateSessionRequest
 
-MANAGEMENT = [{"apiKey": []}]
-SELF_SERVICE = [{"sessionToken": []}, {"sessionCookie": []}]
+MANAGEMENT: list[dict[str, list[str]]] = [{"apiKey": []}]
+SELF_SERVICE: list[dict[str, list[str]]] = [{"sessionToken": []}, {"sessionCookie": []}]
 
 _SESSION_ID = {"name": "session_id", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": "^sess_[A-Za-z0-9_-]{24}$"}}

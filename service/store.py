@@ -139,7 +139,7 @@ class Store:
 
     async def _run_create(self, ref: SessionRef, secret_hash: bytes, request: NewSession) -> list[Any]:
         keys = self.keys_for(ref.tag)
-        args = [
+        args: list[bytes | str | int] = [
             ref.sid, secret_hash, request.user_id, request.device_id, request.device_type,
             request.device_name, request.window_s * 1000, request.max_lifetime_s * 1000,
             int(request.extend_on_activity), request.policy, request.client_ip, request.user_agent,

@@ -14,14 +14,15 @@ import aiohttp
 
 from service.config import API_KEYS_ENV, REDIS_URL_ENV
 from service.embedded import free_port
+from tests.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# A child that does not answer /healthz by then failed to start.
+# A child whose /healthz does not return 200 by then has failed to start.
 START_TIMEOUT_S = 20.0
 
 
 class ServiceProcess:
-    """One `serve` child on a 127.0.0.1 port; stdout and stderr are appended to log_path.
+    """One `serve` child on a 127.0.0.1 port, with stdout and stderr appended to log_path.
 
     The port stays the same across start() calls, so a second start() is a restart.
     """
@@ -53,15 +54,18 @@ class ServiceProcess:
                                             stdout=log, stderr=log)
 
     async def wait_healthy(self) -> None:
-        """Poll /healthz until it returns 200; raise if the child exits or START_TIMEOUT_S passes."""
+        """Poll /healthz until it returns 200.
+
+        Raise RuntimeError if the child exits or START_TIMEOUT_S passes first.
+        """
         deadline = time.monotonic() + START_TIMEOUT_S
         timeout = aiohttp.ClientTimeout(total=1)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while time.monotonic() < deadline:
                 assert self.process is not None
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"service exited with code {self.process.returncode}; "
-                                       f"see {self.log_path}")
+                    raise RuntimeError(f"service exited with code {self.process.returncode}, see "
+                                       f"{self.log_path}")
                 try:
                     async with http.get(self.base_url + "/healthz") as response:
                         if response.status == 200:
@@ -69,8 +73,8 @@ class ServiceProcess:
                 except (aiohttp.ClientError, TimeoutError):
                     pass
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"service did not answer /healthz within {START_TIMEOUT_S}s; "
-                           f"see {self.log_path}")
+        raise RuntimeError(f"service /healthz did not return 200 within {START_TIMEOUT_S}s, see "
+                           f"{self.log_path}")
 
     def terminate(self, timeout_s: float) -> int | None:
         """Send SIGTERM and return the exit code, or None if the child is still running after timeout_s."""
@@ -86,3 +90,9 @@ class ServiceProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def ensure_redis_running(redis_server: RedisServer) -> None:
+    """Start the shared redis-server unless it is running, because a second start would orphan a process."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from service.cli import SHUTDOWN_TIMEOUT_S
 from tests.conftest import API_KEY, TEST_CONFIG, Api, ServiceFactory
 from tests.redis_server import RedisServer
-from tests.service_process import ServiceProcess
+from tests.service_process import ServiceProcess, ensure_redis_running
 
 # The field report describes a 10 s outage. 3 s runs the same code paths and keeps the suite short.
 OUTAGE_S = 3.0
@@ -35,12 +35,6 @@ def outcome(reply: tuple[int, Any, Any]) -> Outcome:
     status, body, _ = reply
     code = body.get("code") if isinstance(body, dict) else None
     return status, code
-
-
-def ensure_redis_running(redis_server: RedisServer) -> None:
-    """Start the shared redis-server unless it is running; starting it twice would orphan one."""
-    if redis_server.process is None or redis_server.process.poll() is not None:
-        redis_server.start()
 
 
 def session_ids(reply: tuple[int, Any, Any]) -> list[str]:
@@ -172,8 +166,8 @@ async def test_slow_redis_answers_503(api: Api, redis: aioredis.Redis) -> None:
     paused_session = await api.create("u-slow", "dev-1")
     other_session = await api.create("u-slow", "dev-2")
 
-    # CLIENT PAUSE <ms> ALL (Redis 6.2+) holds every client's commands, the service's
-    # included, for PAUSE_MS. It is sent on the test's own connection.
+    # CLIENT PAUSE <ms> ALL (Redis 6.2+) delays every client's commands, the service's
+    # included, for PAUSE_MS. The test sends it on its own connection.
     await redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
     paused_at = time.monotonic()
     started = time.monotonic()

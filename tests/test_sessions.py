@@ -23,7 +23,7 @@ ACTIVITY_STEP_S = 0.2
 
 
 class CheckedApi(Api):
-    """Api whose every response is checked for a 5xx, which no test here may cause."""
+    """Api client that fails the test on any 5xx response, since no request here may cause one."""
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
         status, body, headers = await super().request(method, path, **kwargs)
@@ -100,7 +100,7 @@ async def test_get_session_times_are_rfc3339_seconds(api: Api) -> None:
     assert [bool(RFC3339_SECONDS.match(value)) for value in times] == [True] * 4
 
 
-async def test_get_session_last_active_at_starts_at_creation(api: Api) -> None:
+async def test_get_session_last_active_initial(api: Api) -> None:
     created = await api.create("u-get", "dev-1")
 
     _, body, _ = await api.manage("GET", f"/v1/sessions/{created['session_id']}")
@@ -108,7 +108,7 @@ async def test_get_session_last_active_at_starts_at_creation(api: Api) -> None:
     assert body["last_active_at"] == body["created_at"]
 
 
-async def test_get_session_last_active_at_follows_validation(api: Api) -> None:
+async def test_get_session_last_active_moves(api: Api) -> None:
     created = await api.create("u-get", "dev-1", policy="short")
     await asyncio.sleep(1.1)
     await api.validate(created["token"])
@@ -270,7 +270,7 @@ async def test_revoke_session_without_api_key_401(api: Api) -> None:
     assert body["code"] == "unauthorized"
 
 
-async def test_revoke_session_without_api_key_keeps_session(api: Api) -> None:
+async def test_revoke_session_without_key_kept(api: Api) -> None:
     created = await api.create("u-del", "dev-1")
     await api.request("DELETE", f"/v1/sessions/{created['session_id']}")
 
@@ -303,7 +303,7 @@ async def test_list_user_sessions_most_recent_first(api: Api) -> None:
     assert list_ids(body) == [a["session_id"], c["session_id"], b["session_id"]]
 
 
-async def test_list_user_sessions_creation_order_newest_first(api: Api) -> None:
+async def test_list_user_sessions_newest_first(api: Api) -> None:
     a = await api.create("u-order", "dev-a")
     await asyncio.sleep(ACTIVITY_STEP_S)
     b = await api.create("u-order", "dev-b")
@@ -339,23 +339,23 @@ async def test_list_user_sessions_unknown_user_empty(api: Api) -> None:
 
 
 async def test_list_user_sessions_omits_revoked(api: Api) -> None:
-    kept = await api.create("u-list", "dev-1")
-    gone = await api.create("u-list", "dev-2")
-    await api.manage("DELETE", f"/v1/sessions/{gone['session_id']}")
+    live = await api.create("u-list", "dev-1")
+    revoked = await api.create("u-list", "dev-2")
+    await api.manage("DELETE", f"/v1/sessions/{revoked['session_id']}")
 
     _, body, _ = await api.manage("GET", user_path("u-list"))
 
-    assert list_ids(body) == [kept["session_id"]]
+    assert list_ids(body) == [live["session_id"]]
 
 
 async def test_list_user_sessions_omits_expired(api: Api) -> None:
-    kept = await api.create("u-list", "dev-1")
+    live = await api.create("u-list", "dev-1")
     await api.create("u-list", "dev-2", policy="fixed", expires_in=1)
     await asyncio.sleep(1.2)
 
     _, body, _ = await api.manage("GET", user_path("u-list"))
 
-    assert list_ids(body) == [kept["session_id"]]
+    assert list_ids(body) == [live["session_id"]]
 
 
 async def test_list_user_sessions_omits_other_users(api: Api) -> None:
@@ -381,7 +381,7 @@ async def test_list_user_sessions_unusual_user_ids(api: Api, user_id: str) -> No
         (created["session_id"], user_id)]
 
 
-async def test_list_user_sessions_glob_user_id_matches_only_itself(api: Api) -> None:
+async def test_list_user_sessions_glob_literal(api: Api) -> None:
     await api.create("u1", "dev-1")
     await api.create("u2", "dev-1")
 
@@ -390,7 +390,7 @@ async def test_list_user_sessions_glob_user_id_matches_only_itself(api: Api) -> 
     assert body["sessions"] == []
 
 
-async def test_list_user_sessions_max_length_user_id_200(api: Api) -> None:
+async def test_list_user_sessions_128_chars_200(api: Api) -> None:
     status, _, _ = await api.manage("GET", user_path("u" * 128))
 
     assert status == 200
@@ -403,7 +403,7 @@ async def test_list_user_sessions_long_user_id_400(api: Api) -> None:
     assert body["code"] == "invalid_request"
 
 
-async def test_list_user_sessions_control_char_user_id_400(api: Api) -> None:
+async def test_list_user_sessions_control_char_400(api: Api) -> None:
     status, body, _ = await api.manage("GET", user_path("u\n1"))
 
     assert status == 400
@@ -490,13 +490,13 @@ async def test_revoke_user_sessions_except_keeps_session(api: Api) -> None:
 
 async def test_revoke_user_sessions_except_revokes_rest(api: Api) -> None:
     kept = await api.create("u-except", "dev-1")
-    gone = await api.create("u-except", "dev-2")
+    revoked = await api.create("u-except", "dev-2")
     await api.manage("DELETE", user_path("u-except"), params={"except": kept["session_id"]})
 
-    assert await validate_status(api, gone["token"]) == (401, "session_revoked")
+    assert await validate_status(api, revoked["token"]) == (401, "session_revoked")
 
 
-async def test_revoke_user_sessions_except_missing_id_revokes_all(api: Api) -> None:
+async def test_revoke_user_sessions_except_missing(api: Api) -> None:
     await api.create("u-except", "dev-1")
     await api.create("u-except", "dev-2")
 
@@ -748,16 +748,16 @@ async def test_me_revoke_one_foreign_same_as_missing(api: Api) -> None:
 
 async def test_me_revoke_one_foreign_same_as_own_missing(api: Api) -> None:
     current = await api.create("u-me", "dev-1")
-    gone = await api.create("u-me", "dev-2")
-    await api.manage("DELETE", f"/v1/sessions/{gone['session_id']}")
+    revoked = await api.create("u-me", "dev-2")
+    await api.manage("DELETE", f"/v1/sessions/{revoked['session_id']}")
     foreign = await api.create("u-other", "dev-1")
 
     _, foreign_body, _ = await api.request(
         "DELETE", f"/v1/me/sessions/{foreign['session_id']}", token=current["token"])
-    _, gone_body, _ = await api.request(
-        "DELETE", f"/v1/me/sessions/{gone['session_id']}", token=current["token"])
+    _, revoked_body, _ = await api.request(
+        "DELETE", f"/v1/me/sessions/{revoked['session_id']}", token=current["token"])
 
-    assert foreign_body == gone_body
+    assert foreign_body == revoked_body
 
 
 async def test_me_revoke_one_foreign_still_valid(api: Api) -> None:
@@ -932,7 +932,7 @@ async def test_sign_out_cookie_token(api: Api) -> None:
 # -- problem bodies, unknown routes ----------------------------------------------
 
 async def _error_cases(api: Api) -> list[tuple[str, int, Any, Any]]:
-    """Send one request per error case; return (label, status, body, headers) for each."""
+    """Send one request per error case and return (label, status, body, headers) for each."""
     current = await api.create("u-err", "dev-1")
     foreign = await api.create("u-err-2", "dev-1")
     token = current["token"]
