@@ -2,15 +2,35 @@
   Shared definitions, prepended to every script in this folder by
   service/scripts.py before the script is registered with Redis.
 
-  Session record: a MessagePack array kept as a Redis string under
-  <prefix>{<user tag>}:s:<sid>. The F_* locals below name its positions;
-  service/records.py decodes the same layout. Every time is integer
-  milliseconds since the Unix epoch, read from the Redis server's clock.
+  Every script gets the same KEYS, the keys of one user, all sharing the
+  user's hash tag {tag}:
+    KEYS[1]  <p>{tag}:i    sorted set  user index: sid -> last activity (ms)
+    KEYS[2]  <p>{tag}:d    hash        device registry: device id -> entry
+    KEYS[3]  <p>{tag}:s:   prefix      session record key = KEYS[3] .. sid
+    KEYS[4]  <p>{tag}:r:   prefix      revocation marker key = KEYS[4] .. sid
+    KEYS[5]  <p>{tag}:e    stream      the user's events; also the pub/sub
+                                       channel that announces new ones
+    KEYS[6]  <p>{tag}:c    string      session creations in the current minute
+    KEYS[7]  <p>{tag}:f:   prefix      wrong-secret counter key = KEYS[7] .. sid
+  A key built from a prefix hashes to the same slot as the prefix, so a
+  script never leaves the slot it was routed to on Redis Cluster.
 
-  Every key a script touches carries the user's hash tag, either passed
-  whole in KEYS or built as KEYS[i] .. sid where KEYS[i] is a key prefix
-  that ends after the tag. A built key therefore always hashes to the
-  slot of the keys the script was routed by.
+  And the same first ARGV:
+    ARGV[1]  grace_ms              an expired record is kept this long, ms
+    ARGV[2]  events_max_length     approximate cap of the user's stream
+    ARGV[3]  events_retention_ms   the stream expires this long after its last event
+    ARGV[4]  device_retention_ms   the registry expires this long after its last write
+  Script-specific arguments start at ARGV[5].
+
+  Session record: a MessagePack array kept as a Redis string. The F_*
+  locals name its positions; service/records.py decodes the same layout.
+  Every time is integer milliseconds since the Unix epoch, read from the
+  Redis server's clock.
+
+  Every reply is {status, events, ...}: status is one of the codes below
+  (service/scripts.py names them) and events lists what the script added
+  to the user's stream, as {id, type, user_id, sid, device_id, detail_json};
+  the stream itself does not repeat the user id.
 ]]
 local F_SECRET_HASH = 1
 local F_USER_ID = 2
@@ -28,8 +48,19 @@ local F_CLIENT_IP = 13
 local F_USER_AGENT = 14
 local F_METADATA = 15
 local F_TRUSTED = 16
+-- Client network at sign-in: IPv4 /24 or IPv6 /48 as text, '' if unknown.
+local F_CLIENT_NET = 17
+-- The policy's anomaly actions, one letter each ('n'one, 'r'eauth,
+-- re'v'oke): context change, invalid secret, revoked token used.
+local F_ACTIONS = 18
+-- Bit set of FLAG_* below.
+local F_FLAGS = 19
 
--- Device registry entry: MessagePack array, field of the <prefix>{tag}:d hash.
+local FLAG_REAUTH = 1
+local FLAG_REQUIRES_TRUST = 2
+local FLAG_CONTEXT_REPORTED = 4
+
+-- Device registry entry: MessagePack array, field of the <p>{tag}:d hash.
 local D_SESSION_ID = 1
 local D_TYPE = 2
 local D_NAME = 3
@@ -37,23 +68,61 @@ local D_FIRST_SEEN_MS = 4
 local D_LAST_SEEN_MS = 5
 local D_TRUSTED = 6
 
--- Status codes in position 1 of every reply; service/scripts.py names them.
+-- Status codes in position 1 of every reply.
 local OK = 0
 local INVALID_TOKEN = 1
 local EXPIRED = 2
 local REVOKED = 3
+local REAUTH_REQUIRED = 4
 local NOT_FOUND = 5
 local LIMIT_REACHED = 6
 local DEVICE_NOT_TRUSTED = 7
 local ID_COLLISION = 8
+local RATE_LIMITED = 9
+
+local k = {
+  index = KEYS[1], devices = KEYS[2], session_prefix = KEYS[3], marker_prefix = KEYS[4],
+  events = KEYS[5], creations = KEYS[6], failures_prefix = KEYS[7],
+}
+local grace_ms = tonumber(ARGV[1])
+local events_max_length = tonumber(ARGV[2])
+local events_retention_ms = tonumber(ARGV[3])
+local device_retention_ms = tonumber(ARGV[4])
+
+local emitted = {}
 
 local function server_time_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function read_record(key)
-  local raw = redis.call('GET', key)
+local function has_flag(record, flag)
+  return bit.band(record[F_FLAGS], flag) ~= 0
+end
+
+local function with_flag(record, flag)
+  record[F_FLAGS] = bit.bor(record[F_FLAGS], flag)
+end
+
+--[[
+  Append an event to the user's stream, trimmed to about events_max_length
+  entries, and announce its id on the channel named like the stream.
+  The stream id is the Redis time in ms, so it doubles as the event time.
+]]
+local function emit(event_type, user_id, sid, device_id, detail_json)
+  local id = redis.call('XADD', k.events, 'MAXLEN', '~', events_max_length, '*',
+                        't', event_type, 's', sid, 'd', device_id, 'x', detail_json)
+  redis.call('PEXPIRE', k.events, events_retention_ms)
+  redis.call('PUBLISH', k.events, id)
+  emitted[#emitted + 1] = {id, event_type, user_id, sid, device_id, detail_json}
+end
+
+local function reply(status, ...)
+  return {status, emitted, ...}
+end
+
+local function read_record(sid)
+  local raw = redis.call('GET', k.session_prefix .. sid)
   if not raw then
     return nil
   end
@@ -62,8 +131,10 @@ end
 
 -- The record outlives expires_at by grace_ms, so that an expired token
 -- still gets session_expired for a while instead of invalid_token.
-local function write_record(key, record, grace_ms)
-  redis.call('SET', key, cmsgpack.pack(record), 'PXAT', record[F_EXPIRES_MS] + grace_ms)
+local function write_record(sid, record)
+  local raw = cmsgpack.pack(record)
+  redis.call('SET', k.session_prefix .. sid, raw, 'PXAT', record[F_EXPIRES_MS] + grace_ms)
+  return raw
 end
 
 -- Push a key's expiry out to at_ms, never pull it in: several sessions
@@ -75,30 +146,31 @@ local function expire_not_before(key, at_ms, now_ms)
   end
 end
 
-local function read_device(devices_key, device_id)
-  local raw = redis.call('HGET', devices_key, device_id)
+local function read_device(device_id)
+  local raw = redis.call('HGET', k.devices, device_id)
   if not raw then
     return nil
   end
   return cmsgpack.unpack(raw)
 end
 
-local function write_device(devices_key, device_id, device, retention_ms)
-  redis.call('HSET', devices_key, device_id, cmsgpack.pack(device))
-  redis.call('PEXPIRE', devices_key, retention_ms)
+local function write_device(device_id, device)
+  redis.call('HSET', k.devices, device_id, cmsgpack.pack(device))
+  redis.call('PEXPIRE', k.devices, device_retention_ms)
 end
 
 --[[
   End one session: delete its record and index entry, detach it from its
-  device and leave a revocation marker (the secret hash) until the
-  session's absolute end, so a replayed token gets session_revoked.
+  device, leave a revocation marker until the session's absolute end (so
+  a replayed token gets session_revoked) and emit event_type. The marker
+  is {secret_hash, on_revoked_token_used action letter, user_id}.
 ]]
-local function end_session(k, sid, record, now_ms)
-  redis.call('DEL', k.session_prefix .. sid)
+local function end_session(sid, record, now_ms, event_type, detail_json)
+  redis.call('DEL', k.session_prefix .. sid, k.failures_prefix .. sid)
   redis.call('ZREM', k.index, sid)
 
   local device_id = record[F_DEVICE_ID]
-  local device = read_device(k.devices, device_id)
+  local device = read_device(device_id)
   if device and device[D_SESSION_ID] == sid then
     device[D_SESSION_ID] = ''
     redis.call('HSET', k.devices, device_id, cmsgpack.pack(device))
@@ -106,24 +178,39 @@ local function end_session(k, sid, record, now_ms)
 
   local max_expires_ms = record[F_MAX_EXPIRES_MS]
   if max_expires_ms > now_ms then
-    redis.call('SET', k.marker_prefix .. sid, record[F_SECRET_HASH], 'PXAT', max_expires_ms)
+    local marker = cmsgpack.pack({record[F_SECRET_HASH], string.sub(record[F_ACTIONS], 3, 3),
+                                  record[F_USER_ID]})
+    redis.call('SET', k.marker_prefix .. sid, marker, 'PXAT', max_expires_ms)
+  end
+  emit(event_type, record[F_USER_ID], sid, device_id, detail_json or '{}')
+end
+
+-- Remove an expired session from the index; the first removal is the
+-- moment expiry is observed, so it emits session_expired exactly once.
+local function note_expired(sid, record)
+  if redis.call('ZREM', k.index, sid) == 1 then
+    local reason = record[F_EXPIRES_MS] >= record[F_MAX_EXPIRES_MS] and 'max_lifetime' or 'idle'
+    emit('session_expired', record[F_USER_ID], sid, record[F_DEVICE_ID], '{"reason":"' .. reason .. '"}')
   end
 end
 
 --[[
   Return the user's live sessions as {sid, record} pairs, least recently
-  active first, and drop index entries whose record expired or is gone.
-  An expired record itself stays until its own TTL, for session_expired.
+  active first, and drop index entries of sessions that expired or are
+  gone. An expired record itself stays until its own TTL.
 ]]
-local function live_sessions(k, user_id, now_ms)
+local function live_sessions(user_id, now_ms)
   local live = {}
-  local sids = redis.call('ZRANGE', k.index, 0, -1)
-  for _, sid in ipairs(sids) do
-    local record = read_record(k.session_prefix .. sid)
-    if record and record[F_EXPIRES_MS] > now_ms and record[F_USER_ID] == user_id then
-      live[#live + 1] = {sid, record}
-    elseif not record or record[F_USER_ID] == user_id then
+  for _, sid in ipairs(redis.call('ZRANGE', k.index, 0, -1)) do
+    local record = read_record(sid)
+    if not record then
       redis.call('ZREM', k.index, sid)
+    elseif record[F_USER_ID] == user_id then
+      if record[F_EXPIRES_MS] > now_ms then
+        live[#live + 1] = {sid, record}
+      else
+        note_expired(sid, record)
+      end
     end
   end
   return live

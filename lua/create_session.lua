@@ -1,78 +1,89 @@
 --[[
   Create a session for one device of a user, replacing the device's
-  earlier session and applying the per-user concurrent session limit.
+  earlier session and applying the per-user concurrent session limit and
+  creation rate limit.
   Atomically: a user never holds more than max_sessions live sessions,
   and never more than one live session per device id.
 
-  KEYS[1]  <p>{tag}:i   sorted set  user index: sid -> last activity (ms)
-  KEYS[2]  <p>{tag}:d   hash        device registry: device id -> entry
-  KEYS[3]  <p>{tag}:s:  prefix      session record key = KEYS[3] .. sid
-  KEYS[4]  <p>{tag}:r:  prefix      revocation marker key = KEYS[4] .. sid
-  Every key shares the user's hash tag {tag}.
+  KEYS, ARGV[1..4]  the user's keys and shared settings (_prelude.lua)
+  ARGV[5]  sid                  new session's id within the user, 8 chars
+  ARGV[6]  secret_hash          first 16 bytes of SHA-256(secret), raw
+  ARGV[7]  user_id
+  ARGV[8]  device_id
+  ARGV[9]  device_type          '' when not given
+  ARGV[10] device_name          '' when not given
+  ARGV[11] window_ms            sliding window (expires_in), ms
+  ARGV[12] max_lifetime_ms      absolute lifetime from creation, ms
+  ARGV[13] extend_on_activity   '1' or '0'
+  ARGV[14] policy               policy name
+  ARGV[15] client_ip            '' when not given
+  ARGV[16] client_net           IPv4 /24 or IPv6 /48 of client_ip, '' when not given
+  ARGV[17] user_agent           '' when not given
+  ARGV[18] metadata             JSON text
+  ARGV[19] max_sessions         integer >= 1
+  ARGV[20] on_limit             'evict_oldest' or 'reject'
+  ARGV[21] requires_trusted     '1' when the policy needs a trusted device
+  ARGV[22] actions              three letters, see F_ACTIONS
+  ARGV[23] max_creates_per_minute
 
-  ARGV[1]  sid                 new session's id within the user, 8 chars
-  ARGV[2]  secret_hash         first 16 bytes of SHA-256(secret), raw
-  ARGV[3]  user_id
-  ARGV[4]  device_id
-  ARGV[5]  device_type         '' when not given
-  ARGV[6]  device_name         '' when not given
-  ARGV[7]  window_ms           sliding window (expires_in), ms
-  ARGV[8]  max_lifetime_ms     absolute lifetime from creation, ms
-  ARGV[9]  extend_on_activity  '1' or '0'
-  ARGV[10] policy              policy name
-  ARGV[11] client_ip           '' when not given
-  ARGV[12] user_agent          '' when not given
-  ARGV[13] metadata            JSON text
-  ARGV[14] max_sessions        integer >= 1
-  ARGV[15] on_limit            'evict_oldest' or 'reject'
-  ARGV[16] grace_ms            how long an expired record is kept, ms
-  ARGV[17] device_retention_ms how long the registry remembers devices, ms
-  ARGV[18] requires_trusted    '1' when the policy needs a trusted device
-
-  Returns  {OK, created_ms, expires_ms, max_expires_ms, trusted,
+  Returns  {OK, events, created_ms, expires_ms, max_expires_ms, trusted,
             replaced_sid or '', evicted_sid...}
-           {LIMIT_REACHED, live_count}   on_limit is reject and the user is full
-           {DEVICE_NOT_TRUSTED}          policy needs trust, device lacks it
-           {ID_COLLISION}                sid already used; retry with another
+           {LIMIT_REACHED, events, live_count}  on_limit is reject, user is full
+           {DEVICE_NOT_TRUSTED, events}         policy needs trust, device lacks it
+           {RATE_LIMITED, events, retry_after_ms}  too many creations this minute
+           {ID_COLLISION, events}               sid already used; retry with another
   Writes   the record (PXAT expires + grace), the index (PEXPIREAT at least
-           expires + grace), the device entry (PEXPIRE device retention);
-           ends replaced and evicted sessions. Time from redis.call('TIME').
+           expires + grace), the device entry, the creation counter (60 s
+           window); ends replaced and evicted sessions; emits
+           session_created, session_replaced, session_evicted, new_device,
+           creation_burst. Time from redis.call('TIME').
 ]]
-local k = {index = KEYS[1], devices = KEYS[2], session_prefix = KEYS[3], marker_prefix = KEYS[4]}
-local sid = ARGV[1]
-local secret_hash = ARGV[2]
-local user_id = ARGV[3]
-local device_id = ARGV[4]
-local device_type = ARGV[5]
-local device_name = ARGV[6]
-local window_ms = tonumber(ARGV[7])
-local max_lifetime_ms = tonumber(ARGV[8])
-local extend = tonumber(ARGV[9])
-local policy = ARGV[10]
-local client_ip = ARGV[11]
-local user_agent = ARGV[12]
-local metadata = ARGV[13]
-local max_sessions = tonumber(ARGV[14])
-local on_limit = ARGV[15]
-local grace_ms = tonumber(ARGV[16])
-local device_retention_ms = tonumber(ARGV[17])
-local requires_trusted = ARGV[18] == '1'
+local sid = ARGV[5]
+local secret_hash = ARGV[6]
+local user_id = ARGV[7]
+local device_id = ARGV[8]
+local device_type = ARGV[9]
+local device_name = ARGV[10]
+local window_ms = tonumber(ARGV[11])
+local max_lifetime_ms = tonumber(ARGV[12])
+local extend = tonumber(ARGV[13])
+local policy = ARGV[14]
+local client_ip = ARGV[15]
+local client_net = ARGV[16]
+local user_agent = ARGV[17]
+local metadata = ARGV[18]
+local max_sessions = tonumber(ARGV[19])
+local on_limit = ARGV[20]
+local requires_trusted = ARGV[21] == '1'
+local actions = ARGV[22]
+local max_creates_per_minute = tonumber(ARGV[23])
 
 local now_ms = server_time_ms()
-if redis.call('EXISTS', k.session_prefix .. sid) == 1 or
-   redis.call('EXISTS', k.marker_prefix .. sid) == 1 then
-  return {ID_COLLISION}
+if redis.call('EXISTS', k.session_prefix .. sid, k.marker_prefix .. sid) > 0 then
+  return reply(ID_COLLISION)
 end
 
-local device = read_device(k.devices, device_id)
+-- Fixed one-minute window per user; every attempt counts, accepted or not.
+local creations = redis.call('INCR', k.creations)
+if creations == 1 then
+  redis.call('PEXPIRE', k.creations, 60000)
+end
+if creations > max_creates_per_minute then
+  if creations == max_creates_per_minute + 1 then
+    emit('creation_burst', user_id, '', device_id, '{"limit":' .. max_creates_per_minute .. '}')
+  end
+  return reply(RATE_LIMITED, math.max(redis.call('PTTL', k.creations), 1))
+end
+
+local device = read_device(device_id)
 local trusted = device and device[D_TRUSTED] or 0
 if requires_trusted and trusted ~= 1 then
-  return {DEVICE_NOT_TRUSTED}
+  return reply(DEVICE_NOT_TRUSTED)
 end
 
--- Decide everything before the first write, so a rejected request
--- changes nothing.
-local live = live_sessions(k, user_id, now_ms)
+-- Decide everything before the first write to a session, so a rejected
+-- request changes nothing but the creation counter.
+local live = live_sessions(user_id, now_ms)
 local replaced = nil
 local others = {}
 for _, entry in ipairs(live) do
@@ -85,34 +96,40 @@ end
 
 local excess = #others + 1 - max_sessions
 if excess > 0 and on_limit == 'reject' then
-  return {LIMIT_REACHED, #others}
+  return reply(LIMIT_REACHED, #others)
 end
 
-local reply = {OK, now_ms, 0, 0, trusted, ''}
+local replaced_sid = ''
+local detail = '{"by":"' .. sid .. '"}'
 if replaced then
-  end_session(k, replaced[1], replaced[2], now_ms)
-  reply[6] = replaced[1]
+  replaced_sid = replaced[1]
+  end_session(replaced_sid, replaced[2], now_ms, 'session_replaced', detail)
 end
+local out = reply(OK, now_ms, 0, 0, 0, '')
 -- others is ordered least recently active first.
 for i = 1, math.max(excess, 0) do
-  end_session(k, others[i][1], others[i][2], now_ms)
-  reply[#reply + 1] = others[i][1]
+  end_session(others[i][1], others[i][2], now_ms, 'session_evicted', detail)
+  out[#out + 1] = others[i][1]
 end
 
 local max_expires_ms = now_ms + max_lifetime_ms
 local expires_ms = math.min(now_ms + window_ms, max_expires_ms)
-local record = {secret_hash, user_id, device_id, device_type, device_name,
-                now_ms, expires_ms, max_expires_ms, window_ms, extend, policy,
-                now_ms, client_ip, user_agent, metadata, trusted}
-write_record(k.session_prefix .. sid, record, grace_ms)
+out[4], out[5], out[6], out[7] = expires_ms, max_expires_ms, trusted, replaced_sid
+local flags = requires_trusted and FLAG_REQUIRES_TRUST or 0
+write_record(sid, {secret_hash, user_id, device_id, device_type, device_name,
+                   now_ms, expires_ms, max_expires_ms, window_ms, extend, policy,
+                   now_ms, client_ip, user_agent, metadata, trusted,
+                   client_net, actions, flags})
 redis.call('ZADD', k.index, now_ms, sid)
 expire_not_before(k.index, expires_ms + grace_ms, now_ms)
 
+-- A device the registry does not remember is new, unless it is the
+-- user's first one.
+if not device and redis.call('HLEN', k.devices) > 0 then
+  emit('new_device', user_id, sid, device_id, '{}')
+end
 local first_seen_ms = device and device[D_FIRST_SEEN_MS] or now_ms
-write_device(k.devices, device_id,
-             {sid, device_type, device_name, first_seen_ms, now_ms, trusted},
-             device_retention_ms)
+write_device(device_id, {sid, device_type, device_name, first_seen_ms, now_ms, trusted})
+emit('session_created', user_id, sid, device_id, '{"policy":' .. cjson.encode(policy) .. '}')
 
-reply[3] = expires_ms
-reply[4] = max_expires_ms
-return reply
+return out

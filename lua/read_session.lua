@@ -1,23 +1,22 @@
 --[[
-  Read one live session's record, judged against the Redis server's clock.
-  Read-only.
+  Read one live session's record, judged against the Redis server's
+  clock, with its device's current trust. Read-only.
 
-  KEYS[1]  <p>{tag}:s:<sid>  string  session record
+  KEYS, ARGV[1..4]  the user's keys and shared settings (_prelude.lua)
+  ARGV[5]  sid
 
-  Returns  {OK, record, now_ms}   record is the stored MessagePack
-           {NOT_FOUND}            no record, or the session has expired
+  Returns  {OK, events, record, now_ms}   record is MessagePack
+           {NOT_FOUND, events}            no record, or the session expired
   Writes   nothing. Time from redis.call('TIME').
 ]]
-local session_key = KEYS[1]
+local sid = ARGV[5]
 
 local now_ms = server_time_ms()
-local raw = redis.call('GET', session_key)
-if not raw then
-  return {NOT_FOUND}
+local record = read_record(sid)
+if not record or record[F_EXPIRES_MS] <= now_ms then
+  return reply(NOT_FOUND)
 end
 
-local record = cmsgpack.unpack(raw)
-if record[F_EXPIRES_MS] <= now_ms then
-  return {NOT_FOUND}
-end
-return {OK, raw, now_ms}
+local device = read_device(record[F_DEVICE_ID])
+record[F_TRUSTED] = device and device[D_TRUSTED] or 0
+return reply(OK, cmsgpack.pack(record), now_ms)

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service import routes
+from service import device_routes, event_routes, routes
 from service.auth import ApiKeys
 from service.config import Settings
 from service.errors import (
@@ -24,10 +24,11 @@ from service.errors import (
     TokenRejected,
     problem,
 )
+from service.event_hub import EventHub
 from service.metrics import HTTP_DURATION, HTTP_REQUESTS, REGISTRY, STORE_ERRORS, VALIDATIONS
 from service.openapi import openapi_document
 from service.redis_client import create_client
-from service.state import API_KEYS, REQUEST_SESSION_ID, REQUEST_USER_ID, SETTINGS, STORE
+from service.state import API_KEYS, EVENT_HUB, REQUEST_SESSION_ID, REQUEST_USER_ID, SETTINGS, STORE
 from service.store import Store
 from service.tokens import parse_token
 
@@ -50,6 +51,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/me/sessions", routes.my_sessions),
     ("DELETE", "/v1/me/sessions", routes.revoke_my_sessions),
     ("DELETE", "/v1/me/sessions/{session_id}", routes.revoke_my_session),
+    ("GET", "/v1/users/{user_id}/devices", device_routes.list_devices),
+    ("PUT", "/v1/users/{user_id}/devices/{device_id}", device_routes.set_device_trust),
+    ("GET", "/v1/users/{user_id}/events", event_routes.list_user_events),
+    ("GET", "/v1/me/events", event_routes.my_events),
 ]
 
 _REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:-]{1,128}\Z")
@@ -182,6 +187,11 @@ async def openapi(request: web.Request) -> web.Response:
 OPENAPI = web.AppKey("openapi", dict)
 
 
+def _first_node_url(redis_url: str) -> str:
+    """Return a URL for plain pub/sub; a cluster URL already names one node."""
+    return redis_url
+
+
 def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> web.Application:
     """Build the application; the Redis client opens on startup and closes on cleanup."""
     app = web.Application(client_max_size=settings.service.max_body_bytes,
@@ -200,9 +210,11 @@ def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> 
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         client = create_client(redis_url, cluster=cluster, settings=settings.service)
         service = settings.service
-        app[STORE] = Store(client, key_prefix=service.key_prefix, timeout_s=service.redis_timeout,
-                           grace_s=service.expiry_grace, device_retention_s=service.device_retention)
+        store = app[STORE] = Store(client, service)
+        hub = app[EVENT_HUB] = EventHub(_first_node_url(redis_url))
         yield
+        await hub.close()
+        await store.mirror.drain()
         await client.aclose()
 
     app.cleanup_ctx.append(redis_lifecycle)

@@ -37,6 +37,18 @@ class ServiceSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Deadline for one Redis call, seconds; past it the request gets 503.
     redis_timeout: float = 0.5
     redis_max_connections: int = 64
+    # Per-user event stream: approximate length cap, and how long it is
+    # kept after its last event, seconds.
+    events_max_length: int = 1000
+    event_retention: int = 30 * 86400
+    # Approximate length cap of the global stream that collects every event.
+    global_events_max_length: int = 100_000
+    # Wrong secrets for one session within the window (seconds) before
+    # the policy's on_invalid_secret action applies.
+    invalid_secret_threshold: int = 5
+    invalid_secret_window: int = 300
+    # Seconds between heartbeat comments on an idle event stream.
+    sse_heartbeat: int = 15
     key_prefix: str = "ss:"
     max_body_bytes: int = 16 * 1024
     log_level: LogLevel = "info"
@@ -52,7 +64,9 @@ class Settings(msgspec.Struct, kw_only=True):
         return self.policies[self.service.default_policy]
 
 
-_SERVICE_DURATION_KEYS = ("expiry_grace", "device_retention")
+_SERVICE_DURATION_KEYS = (
+    "expiry_grace", "device_retention", "event_retention", "invalid_secret_window", "sse_heartbeat",
+)
 
 
 def load_settings(path: str | os.PathLike[str] | None, environ: dict[str, str] | None = None) -> Settings:
@@ -116,6 +130,10 @@ def _check_service(service: ServiceSettings) -> None:
         raise ConfigError("service.redis_timeout: must be more than 0 and at most 60 seconds")
     if service.redis_max_connections < 1:
         raise ConfigError("service.redis_max_connections: must be at least 1")
+    if service.events_max_length < 1 or service.global_events_max_length < 1:
+        raise ConfigError("service.events_max_length and global_events_max_length: must be at least 1")
+    if service.invalid_secret_threshold < 1:
+        raise ConfigError("service.invalid_secret_threshold: must be at least 1")
     if service.max_body_bytes < 1024:
         raise ConfigError("service.max_body_bytes: must be at least 1024")
     if "{" in service.key_prefix or "}" in service.key_prefix:

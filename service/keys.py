@@ -19,12 +19,20 @@ class UserKeys(msgspec.Struct, frozen=True):
     devices: str
     session_prefix: str
     marker_prefix: str
+    events: str
+    creations: str
+    failures_prefix: str
 
     def session(self, sid: str) -> str:
         return self.session_prefix + sid
 
     def marker(self, sid: str) -> str:
         return self.marker_prefix + sid
+
+    def script_keys(self) -> list[str]:
+        """Return KEYS for every script, in the order lua/_prelude.lua reads them."""
+        return [self.index, self.devices, self.session_prefix, self.marker_prefix,
+                self.events, self.creations, self.failures_prefix]
 
 
 def user_keys(prefix: str, tag: str) -> UserKeys:
@@ -34,4 +42,12 @@ def user_keys(prefix: str, tag: str) -> UserKeys:
         devices=base + "d",
         session_prefix=base + "s:",
         marker_prefix=base + "r:",
+        events=base + "e",
+        creations=base + "c",
+        failures_prefix=base + "f:",
     )
+
+
+def global_events_key(prefix: str) -> str:
+    """Return the stream that collects every user's events for export (no hash tag)."""
+    return f"{prefix}events"

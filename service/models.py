@@ -43,7 +43,7 @@ class CreateSessionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
     expires_in: Duration | None = None
     extend_on_activity: bool | None = None
     max_lifetime: Duration | None = None
-    max_sessions: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    max_sessions: Annotated[int, Meta(ge=1, le=1000)] | None = None
     on_limit: Literal["evict_oldest", "reject"] | None = None
     client: Client | None = None
     metadata: dict[str, Any] | None = None

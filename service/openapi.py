@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from service import __version__, schemas
-from service.models import CreateSessionRequest
+from service.models import CreateSessionRequest, DeviceTrustRequest
 
 MANAGEMENT: list[dict[str, list[str]]] = [{"apiKey": []}]
 SELF_SERVICE: list[dict[str, list[str]]] = [{"sessionToken": []}, {"sessionCookie": []}]
@@ -17,6 +17,9 @@ _SESSION_ID = {"name": "session_id", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": "^sess_[A-Za-z0-9_-]{24}$"}}
 _USER_ID = {"name": "user_id", "in": "path", "required": True,
             "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+_DEVICE_ID = {"name": "device_id", "in": "path", "required": True,
+              "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+_CURSOR = {"type": "string", "pattern": "^[0-9]+-[0-9]+$"}
 
 # (method, path) -> summary, security, parameters, request body type,
 # {status: response body type or None}. Every route must have an entry.
@@ -81,6 +84,29 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Revoke one of the user's own sessions", "security": SELF_SERVICE,
         "parameters": [_SESSION_ID], "responses": {204: None, 401: None, 404: None},
     },
+    ("GET", "/v1/users/{user_id}/devices"): {
+        "summary": "List the devices a user signed in on", "security": MANAGEMENT,
+        "parameters": [_USER_ID], "responses": {200: schemas.DeviceList, 400: None, 401: None},
+    },
+    ("PUT", "/v1/users/{user_id}/devices/{device_id}"): {
+        "summary": "Mark a device trusted or not; untrusting ends sessions that rely on trust",
+        "security": MANAGEMENT, "parameters": [_USER_ID, _DEVICE_ID], "body": DeviceTrustRequest,
+        "responses": {200: schemas.DeviceItem, 400: None, 401: None, 404: None, 413: None},
+    },
+    ("GET", "/v1/users/{user_id}/events"): {
+        "summary": "A user's session events, oldest first, in pages",
+        "security": MANAGEMENT,
+        "parameters": [_USER_ID,
+                       {"name": "after", "in": "query", "required": False, "schema": _CURSOR},
+                       {"name": "limit", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+        "responses": {200: schemas.EventPage, 400: None, 401: None},
+    },
+    ("GET", "/v1/me/events"): {
+        "summary": "Server-Sent Events stream of the user's session events",
+        "security": SELF_SERVICE, "stream": True,
+        "responses": {200: None, 400: None, 401: None},
+    },
 }
 
 _STATUS_TEXT = {200: "OK", 201: "Created", 204: "No Content", 400: "Invalid request",
@@ -116,7 +142,7 @@ def openapi_document(routes: Sequence[tuple[str, str, Any]]) -> dict[str, Any]:
 def _operation(spec: dict[str, Any], ref_of: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in spec["responses"].items():
-        responses[str(status)] = _response(status, model, ref_of)
+        responses[str(status)] = _response(status, model, ref_of, spec.get("stream", False))
     responses["503"] = _response(503, None, ref_of)
 
     operation: dict[str, Any] = {"summary": spec["summary"], "security": spec["security"],
@@ -127,7 +153,11 @@ def _operation(spec: dict[str, Any], ref_of: dict[Any, dict[str, Any]]) -> dict[
     return operation
 
 
-def _response(status: int, model: Any, ref_of: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+def _response(status: int, model: Any, ref_of: dict[Any, dict[str, Any]],
+              stream: bool = False) -> dict[str, Any]:
+    if stream and status == 200:
+        stream_body = {"text/event-stream": {"schema": {"type": "string"}}}
+        return {"description": "Event stream", "content": stream_body}
     if status == 204:
         return {"description": _STATUS_TEXT[status]}
     if model is None:

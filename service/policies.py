@@ -15,6 +15,8 @@ from service.store import NewSession
 OnLimit = Literal["evict_oldest", "reject"]
 AnomalyAction = Literal["none", "reauth", "revoke"]
 
+_ACTION_LETTER = {"none": "n", "reauth": "r", "revoke": "v"}
+
 # Duration keys of a policy, in seconds once parsed.
 DURATION_KEYS = ("expires_in", "min_expires_in", "max_expires_in", "max_lifetime")
 
@@ -36,6 +38,12 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     on_invalid_secret: AnomalyAction = "none"
     on_revoked_token_used: AnomalyAction = "none"
 
+    @property
+    def action_letters(self) -> str:
+        """Return the anomaly actions as stored in a session record (see lua/_prelude.lua)."""
+        return "".join(_ACTION_LETTER[action] for action in
+                       (self.on_context_change, self.on_invalid_secret, self.on_revoked_token_used))
+
     def check(self) -> None:
         """Raise ValueError naming the key and the rule the policy breaks."""
         if not self.min_expires_in <= self.expires_in <= self.max_expires_in:
@@ -47,8 +55,8 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
             raise ValueError(
                 f"expires_in ({self.expires_in}s) must not exceed max_lifetime ({self.max_lifetime}s)"
             )
-        if self.max_sessions < 1:
-            raise ValueError("max_sessions must be at least 1")
+        if not 1 <= self.max_sessions <= 1000:
+            raise ValueError("max_sessions must be between 1 and 1000")
         if self.max_creates_per_minute < 1:
             raise ValueError("max_creates_per_minute must be at least 1")
 
@@ -77,7 +85,7 @@ BUILTIN_POLICIES: dict[str, dict[str, object]] = {
 }
 
 
-def apply_policy(policy: Policy, body: CreateSessionRequest, client_ip: str) -> NewSession:
+def apply_policy(policy: Policy, body: CreateSessionRequest, client_ip: str, client_net: str) -> NewSession:
     """Combine a create request with its policy; raise InvalidRequest for
     any override outside the policy's bounds (never clamped)."""
     window_s = _request_duration("expires_in", body.expires_in, policy.expires_in)
@@ -117,8 +125,11 @@ def apply_policy(policy: Policy, body: CreateSessionRequest, client_ip: str) -> 
         on_limit=body.on_limit or policy.on_limit,
         requires_trusted_device=policy.requires_trusted_device,
         client_ip=client_ip,
+        client_net=client_net,
         user_agent=(client.user_agent if client else None) or "",
         metadata_json=_metadata_json(body.metadata),
+        actions=policy.action_letters,
+        max_creates_per_minute=policy.max_creates_per_minute,
     )
 
 

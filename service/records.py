@@ -29,6 +29,9 @@ class SessionRecord(msgspec.Struct, array_like=True, frozen=True):
     user_agent: str
     metadata: str
     trusted: int
+    client_net: str
+    actions: str
+    flags: int
 
 
 class DeviceEntry(msgspec.Struct, array_like=True, frozen=True):

@@ -10,6 +10,7 @@ from aiohttp import web
 from service import views
 from service.auth import session_tokens
 from service.bodies import json_response, read_json
+from service.context import client_context, network_of
 from service.errors import InvalidRequest, NotFound, TokenRejected
 from service.models import CreateSessionRequest, UserId
 from service.policies import apply_policy
@@ -22,7 +23,7 @@ NO_CONTENT_HEADERS = {"Cache-Control": "no-store"}
 
 # -- helpers -----------------------------------------------------------------
 
-def _path_user_id(request: web.Request) -> str:
+def path_user_id(request: web.Request) -> str:
     user_id = request.match_info["user_id"]
     try:
         return msgspec.convert(user_id, UserId)
@@ -52,11 +53,13 @@ def _flag(request: web.Request, name: str, default: bool) -> bool:
 async def current_session(request: web.Request, *, mode: int, device_count: bool = False) -> Validation:
     """Authenticate a self-service request by its token; the first valid candidate wins."""
     store = request.app[STORE]
-    candidates = session_tokens(request, request.app[SETTINGS].service.session_cookie)
+    settings = request.app[SETTINGS]
+    candidates = session_tokens(request, settings.service.session_cookie)
+    context = client_context(request, settings.trusted_networks)
     first_error: TokenRejected | None = None
     for token in candidates:
         try:
-            result = await store.validate(token, mode=mode, device_count=device_count)
+            result = await store.validate(token, mode=mode, device_count=device_count, context=context)
         except TokenRejected as exc:
             first_error = first_error or exc
             continue
@@ -79,7 +82,7 @@ async def create_session(request: web.Request) -> web.Response:
     if policy is None:
         raise InvalidRequest(f"policy: no policy named {policy_name!r}")
     client_ip = _client_ip(body)
-    new = apply_policy(policy, body, client_ip)
+    new = apply_policy(policy, body, client_ip, network_of(client_ip))
 
     created = await request.app[STORE].create_session(new)
     request[REQUEST_SESSION_ID] = created.ref.session_id
@@ -117,7 +120,7 @@ async def revoke_session(request: web.Request) -> web.Response:
 
 async def list_user_sessions(request: web.Request) -> web.Response:
     request.app[API_KEYS].require(request)
-    user_id = _path_user_id(request)
+    user_id = path_user_id(request)
     sessions, _ = await request.app[STORE].list_sessions(user_id)
     items = [views.session_item(ref, record) for ref, record in sessions]
     return json_response({"sessions": items, "device_count": len(items)})
@@ -125,7 +128,7 @@ async def list_user_sessions(request: web.Request) -> web.Response:
 
 async def revoke_user_sessions(request: web.Request) -> web.Response:
     request.app[API_KEYS].require(request)
-    user_id = _path_user_id(request)
+    user_id = path_user_id(request)
     except_sid = ""
     except_id = request.query.get("except")
     if except_id is not None:
@@ -164,7 +167,7 @@ async def extend_my_session(request: web.Request) -> web.Response:
 
 async def sign_out(request: web.Request) -> web.Response:
     result = await current_session(request, mode=MODE_CHECK)
-    await request.app[STORE].revoke_session(result.ref, user_id=result.record.user_id)
+    await request.app[STORE].revoke_session(result.ref, user_id=result.record.user_id, reason="sign_out")
     return web.Response(status=204, headers=NO_CONTENT_HEADERS)
 
 
@@ -185,7 +188,7 @@ async def revoke_my_session(request: web.Request) -> web.Response:
     # A foreign id is reported exactly as a missing one, so ids cannot be probed.
     if ref.tag != current.ref.tag:
         raise NotFound("no live session with that id")
-    if not await request.app[STORE].revoke_session(ref, user_id=current.record.user_id):
+    if not await request.app[STORE].revoke_session(ref, user_id=current.record.user_id, reason="user"):
         raise NotFound("no live session with that id")
     return web.Response(status=204, headers=NO_CONTENT_HEADERS)
 
@@ -196,5 +199,6 @@ async def revoke_my_sessions(request: web.Request) -> web.Response:
         raise InvalidRequest("scope: required, expected 'others' or 'all'")
     current = await current_session(request, mode=MODE_CHECK)
     except_sid = current.ref.sid if scope == "others" else ""
-    revoked = await request.app[STORE].revoke_user_sessions(current.record.user_id, except_sid=except_sid)
+    revoked = await request.app[STORE].revoke_user_sessions(current.record.user_id, except_sid=except_sid,
+                                                            reason="user")
     return json_response({"revoked": len(revoked)})

@@ -98,3 +98,32 @@ class Problem(msgspec.Struct, **_STRICT):
     status: int
     detail: str
     code: str
+
+
+class DeviceItem(msgspec.Struct, **_STRICT):
+    id: str
+    type: str | None
+    name: str | None
+    trusted: bool
+    first_seen_at: str
+    last_seen_at: str
+    active_sessions: int
+
+
+class DeviceList(msgspec.Struct, **_STRICT):
+    devices: list[DeviceItem]
+
+
+class EventItem(msgspec.Struct, **_STRICT):
+    id: str
+    type: str
+    at: str
+    user_id: str
+    session_id: str | None
+    device_id: str | None
+    detail: dict[str, Any]
+
+
+class EventPage(msgspec.Struct, **_STRICT):
+    events: list[EventItem]
+    next: str | None

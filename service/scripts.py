@@ -17,6 +17,8 @@ SCRIPT_NAMES = (
     "list_sessions",
     "revoke_session",
     "revoke_user_sessions",
+    "set_device_trust",
+    "list_devices",
 )
 
 
@@ -27,10 +29,12 @@ class Status(enum.IntEnum):
     INVALID_TOKEN = 1
     EXPIRED = 2
     REVOKED = 3
+    REAUTH_REQUIRED = 4
     NOT_FOUND = 5
     LIMIT_REACHED = 6
     DEVICE_NOT_TRUSTED = 7
     ID_COLLISION = 8
+    RATE_LIMITED = 9
 
 
 def _lua_folder() -> Traversable:
@@ -62,13 +66,9 @@ class Scripts:
         self.list_sessions: AsyncScript = handles["list_sessions"]
         self.revoke_session: AsyncScript = handles["revoke_session"]
         self.revoke_user_sessions: AsyncScript = handles["revoke_user_sessions"]
+        self.set_device_trust: AsyncScript = handles["set_device_trust"]
+        self.list_devices: AsyncScript = handles["list_devices"]
+        self._handles = list(handles.values())
 
     def all(self) -> list[AsyncScript]:
-        return [
-            self.create_session,
-            self.validate_session,
-            self.read_session,
-            self.list_sessions,
-            self.revoke_session,
-            self.revoke_user_sessions,
-        ]
+        return list(self._handles)

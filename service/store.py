@@ -1,8 +1,8 @@
 """Redis access: one async wrapper per Lua script, with a deadline on each call.
 
-Every wrapper builds keys with service.keys, runs one script (one round
-trip), decodes the reply once and turns a status code into its error.
-Any Redis failure or a call slower than the deadline raises
+Every wrapper runs one script (one round trip) with the user's keys from
+service.keys, decodes the reply once and turns a status code into its
+error. Any Redis failure or a call slower than the deadline raises
 StoreUnavailable, so the service fails closed.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import redis.exceptions
@@ -19,15 +20,21 @@ import redis.exceptions
 from service.errors import (
     DeviceNotTrusted,
     InvalidToken,
+    RateLimited,
+    ReauthRequired,
     SessionExpired,
     SessionLimitReached,
     SessionRevoked,
     StoreUnavailable,
 )
+from service.events import Event, EventMirror, decode_emitted
 from service.keys import UserKeys, user_keys
 from service.records import DeviceEntry, SessionRecord, decode_device, decode_session
 from service.scripts import Scripts, Status
 from service.tokens import ParsedToken, SessionRef, new_session, user_tag
+
+if TYPE_CHECKING:
+    from service.config import ServiceSettings
 
 logger = logging.getLogger("session_store.store")
 
@@ -62,8 +69,11 @@ class NewSession(msgspec.Struct, kw_only=True):
     on_limit: str
     requires_trusted_device: bool
     client_ip: str
+    client_net: str
     user_agent: str
     metadata_json: str
+    actions: str
+    max_creates_per_minute: int
 
 
 class CreatedSession(msgspec.Struct, kw_only=True):
@@ -88,17 +98,30 @@ class Validation(msgspec.Struct, kw_only=True):
     device_count: int | None
 
 
+class ClientContext(msgspec.Struct, frozen=True):
+    """The caller of a validation, compared with the session's sign-in context."""
+
+    network: str = ""
+    user_agent: str = ""
+
+
 class Store:
     """Session operations on one Redis (single node or cluster client)."""
 
-    def __init__(self, client: Any, *, key_prefix: str, timeout_s: float, grace_s: int,
-                 device_retention_s: int) -> None:
+    def __init__(self, client: Any, settings: ServiceSettings) -> None:
         self.client = client
         self.scripts = Scripts(client)
-        self.key_prefix = key_prefix
-        self.timeout_s = timeout_s
-        self.grace_ms = grace_s * 1000
-        self.device_retention_ms = device_retention_s * 1000
+        self.key_prefix = settings.key_prefix
+        self.timeout_s = settings.redis_timeout
+        self.settings = settings
+        self.mirror = EventMirror(self, settings.global_events_max_length)
+        # ARGV[1..4] of every script, see lua/_prelude.lua.
+        self._shared_args = [
+            settings.expiry_grace * 1000,
+            settings.events_max_length,
+            settings.event_retention * 1000,
+            settings.device_retention * 1000,
+        ]
 
     def keys_for(self, tag: str) -> UserKeys:
         return user_keys(self.key_prefix, tag)
@@ -112,11 +135,19 @@ class Store:
             logger.warning("redis call timed out after %.3fs", self.timeout_s)
             raise StoreUnavailable(f"the session store did not answer within {self.timeout_s}s") from None
         except redis.exceptions.RedisError as exc:
-            logger.warning("redis call failed: %s", type(exc).__name__)
+            logger.warning("redis call failed: %s", type(exc).__name__, extra={"error": str(exc)[:200]})
             raise StoreUnavailable("the session store is unreachable or refused the call") from None
         except OSError as exc:
             logger.warning("redis connection failed: %s", exc.strerror or type(exc).__name__)
             raise StoreUnavailable("the session store is unreachable") from None
+
+    async def _run(self, script: Any, tag: str, args: list[bytes | str | int]) -> tuple[int, list[Any]]:
+        """Run one script for the user with tag; return its status and the rest of its reply."""
+        keys = self.keys_for(tag).script_keys()
+        reply = await self.call(script(keys=keys, args=[*self._shared_args, *args]))
+        if reply[1]:
+            self.mirror.publish(decode_emitted(tag, reply[1]))
+        return reply[0], reply[2:]
 
     async def ping(self) -> bool:
         await self.call(self.client.ping())
@@ -128,112 +159,130 @@ class Store:
             await self.call(self.client.script_load(script.script))
 
     async def create_session(self, request: NewSession) -> CreatedSession:
-        """Create a session; raise SessionLimitReached or DeviceNotTrusted."""
+        """Create a session; raise SessionLimitReached, DeviceNotTrusted or RateLimited."""
         for _ in range(_ID_ATTEMPTS):
             ref, token, secret_hash = new_session(request.user_id)
-            reply = await self._run_create(ref, secret_hash, request)
-            if reply[0] != Status.ID_COLLISION:
-                return self._created(ref, token, request, reply)
+            status, reply = await self._run(self.scripts.create_session, ref.tag, [
+                ref.sid, secret_hash, request.user_id, request.device_id, request.device_type,
+                request.device_name, request.window_s * 1000, request.max_lifetime_s * 1000,
+                int(request.extend_on_activity), request.policy, request.client_ip, request.client_net,
+                request.user_agent, request.metadata_json, request.max_sessions, request.on_limit,
+                int(request.requires_trusted_device), request.actions, request.max_creates_per_minute,
+            ])
+            if status != Status.ID_COLLISION:
+                return self._created(ref, token, request, status, reply)
         # 48 random bits per user: three collisions in a row mean a broken RNG.
         raise RuntimeError("could not draw an unused session id")
 
-    async def _run_create(self, ref: SessionRef, secret_hash: bytes, request: NewSession) -> list[Any]:
-        keys = self.keys_for(ref.tag)
-        args: list[bytes | str | int] = [
-            ref.sid, secret_hash, request.user_id, request.device_id, request.device_type,
-            request.device_name, request.window_s * 1000, request.max_lifetime_s * 1000,
-            int(request.extend_on_activity), request.policy, request.client_ip, request.user_agent,
-            request.metadata_json, request.max_sessions, request.on_limit, self.grace_ms,
-            self.device_retention_ms, int(request.requires_trusted_device),
-        ]
-        return await self.call(self.scripts.create_session(
-            keys=[keys.index, keys.devices, keys.session_prefix, keys.marker_prefix], args=args))
-
-    def _created(self, ref: SessionRef, token: str, request: NewSession, reply: list[Any]) -> CreatedSession:
-        status = reply[0]
+    def _created(self, ref: SessionRef, token: str, request: NewSession, status: int,
+                 reply: list[Any]) -> CreatedSession:
         if status == Status.LIMIT_REACHED:
             raise SessionLimitReached(
-                f"user {request.user_id} has {reply[1]} of {request.max_sessions} sessions "
+                f"user {request.user_id} has {reply[0]} of {request.max_sessions} sessions "
                 f"and the policy is reject",
-                user_id=request.user_id,
-                live_count=reply[1],
+                user_id=request.user_id, live_count=reply[0],
             )
         if status == Status.DEVICE_NOT_TRUSTED:
             raise DeviceNotTrusted(
                 f"policy {request.policy} requires a trusted device, "
                 f"and device {request.device_id} is not marked trusted"
             )
-        replaced = [SessionRef(ref.tag, _text(reply[5])).session_id] if reply[5] else []
-        evicted = [SessionRef(ref.tag, _text(sid)).session_id for sid in reply[6:]]
+        if status == Status.RATE_LIMITED:
+            raise RateLimited(
+                f"user {request.user_id} created more than {request.max_creates_per_minute} "
+                f"sessions in a minute",
+                retry_after_s=math.ceil(reply[0] / 1000),
+            )
+        replaced = [SessionRef(ref.tag, _text(reply[4])).session_id] if reply[4] else []
+        evicted = [SessionRef(ref.tag, _text(sid)).session_id for sid in reply[5:]]
         return CreatedSession(
-            ref=ref, token=token, created_ms=reply[1], expires_ms=reply[2],
-            max_expires_ms=reply[3], trusted=reply[4] == 1, replaced=replaced, evicted=evicted,
+            ref=ref, token=token, created_ms=reply[0], expires_ms=reply[1],
+            max_expires_ms=reply[2], trusted=reply[3] == 1, replaced=replaced, evicted=evicted,
         )
 
-    async def validate(self, token: ParsedToken, *, mode: int, device_count: bool = False) -> Validation:
-        """Check a token and extend per mode; raise the matching TokenRejected."""
+    async def validate(self, token: ParsedToken, *, mode: int, device_count: bool = False,
+                       context: ClientContext | None = None) -> Validation:
+        """Check a token, extend per mode and look for anomalies; raise the matching TokenRejected."""
         ref = token.ref
-        keys = self.keys_for(ref.tag)
-        reply = await self.call(self.scripts.validate_session(
-            keys=[keys.session(ref.sid), keys.marker(ref.sid), keys.index, keys.devices,
-                  keys.session_prefix],
-            args=[token.secret_hash, mode, self.grace_ms, EXTEND_MIN_STEP_RATIO, int(device_count)],
-        ))
-        status = reply[0]
+        context = context or ClientContext()
+        status, reply = await self._run(self.scripts.validate_session, ref.tag, [
+            ref.sid, token.secret_hash, mode, EXTEND_MIN_STEP_RATIO, int(device_count),
+            context.network, context.user_agent, self.settings.invalid_secret_window * 1000,
+            self.settings.invalid_secret_threshold,
+        ])
         if status == Status.OK:
             return Validation(
-                ref=ref, record=decode_session(reply[1]), now_ms=reply[2], extended=reply[3] == 1,
-                device_count=reply[4] if reply[4] >= 0 else None,
+                ref=ref, record=decode_session(reply[0]), now_ms=reply[1], extended=reply[2] == 1,
+                device_count=reply[3] if reply[3] >= 0 else None,
             )
-        if status == Status.EXPIRED:
-            if reply[1] == 1:
-                raise SessionExpired("the session reached its maximum lifetime")
-            raise SessionExpired("the session expired")
-        if status == Status.REVOKED:
-            raise SessionRevoked("the session was revoked")
-        raise InvalidToken("the token does not match a session")
+        raise _rejection(status, reply)
 
     async def read_session(self, ref: SessionRef) -> tuple[SessionRecord, int] | None:
         """Return a live session's record and the Redis time in ms, or None."""
-        keys = self.keys_for(ref.tag)
-        reply = await self.call(self.scripts.read_session(keys=[keys.session(ref.sid)], args=[]))
-        if reply[0] != Status.OK:
+        status, reply = await self._run(self.scripts.read_session, ref.tag, [ref.sid])
+        if status != Status.OK:
             return None
-        return decode_session(reply[1]), reply[2]
+        return decode_session(reply[0]), reply[1]
 
     async def list_sessions(self, user_id: str) -> tuple[list[tuple[SessionRef, SessionRecord]], int]:
         """Return the user's live sessions, newest activity first, and the Redis time in ms."""
         tag = user_tag(user_id)
-        keys = self.keys_for(tag)
-        reply = await self.call(self.scripts.list_sessions(
-            keys=[keys.index, keys.session_prefix], args=[user_id]))
+        _, reply = await self._run(self.scripts.list_sessions, tag, [user_id])
         sessions = [
             (SessionRef(tag, _text(reply[i])), decode_session(reply[i + 1]))
-            for i in range(2, len(reply), 2)
+            for i in range(1, len(reply), 2)
         ]
-        return sessions, reply[1]
+        return sessions, reply[0]
 
-    async def revoke_session(self, ref: SessionRef, *, user_id: str = "") -> bool:
+    async def revoke_session(self, ref: SessionRef, *, user_id: str = "", reason: str = "admin") -> bool:
         """Revoke one live session; with user_id, only if it is that user's."""
-        keys = self.keys_for(ref.tag)
-        reply = await self.call(self.scripts.revoke_session(
-            keys=[keys.index, keys.devices, keys.session_prefix, keys.marker_prefix],
-            args=[ref.sid, user_id]))
-        return reply[0] == Status.OK
+        status, _ = await self._run(self.scripts.revoke_session, ref.tag, [ref.sid, user_id, reason])
+        return status == Status.OK
 
-    async def revoke_user_sessions(self, user_id: str, *, except_sid: str = "") -> list[str]:
+    async def revoke_user_sessions(self, user_id: str, *, except_sid: str = "",
+                                   reason: str = "admin") -> list[str]:
         """Revoke every live session of a user but except_sid; return the revoked ids."""
         tag = user_tag(user_id)
-        keys = self.keys_for(tag)
-        reply = await self.call(self.scripts.revoke_user_sessions(
-            keys=[keys.index, keys.devices, keys.session_prefix, keys.marker_prefix],
-            args=[user_id, except_sid]))
-        return [SessionRef(tag, _text(sid)).session_id for sid in reply[2:]]
+        _, reply = await self._run(self.scripts.revoke_user_sessions, tag, [user_id, except_sid, reason])
+        return [SessionRef(tag, _text(sid)).session_id for sid in reply]
 
-    async def read_devices(self, user_id: str) -> dict[str, DeviceEntry]:
-        keys = self.keys_for(user_tag(user_id))
-        raw = await self.call(self.client.hgetall(keys.devices))
-        return {_text(device_id): decode_device(entry) for device_id, entry in raw.items()}
+    async def list_devices(self, user_id: str) -> list[tuple[str, DeviceEntry, int]]:
+        """Return (device id, entry, live session count) for each remembered device."""
+        _, reply = await self._run(self.scripts.list_devices, user_tag(user_id), [user_id])
+        return [(_text(reply[i]), decode_device(reply[i + 1]), reply[i + 2]) for i in range(0, len(reply), 3)]
+
+    async def set_device_trust(self, user_id: str, device_id: str,
+                               trusted: bool) -> tuple[DeviceEntry, int] | None:
+        """Mark a device (un)trusted; return its entry and live session count, or None if unknown."""
+        status, reply = await self._run(self.scripts.set_device_trust, user_tag(user_id),
+                                        [user_id, device_id, int(trusted)])
+        if status != Status.OK:
+            return None
+        return decode_device(reply[0]), reply[1]
+
+    async def read_events(self, user_id: str, *, after: str, count: int) -> list[Event]:
+        """Return up to count of the user's events after the stream id after, oldest first."""
+        tag = user_tag(user_id)
+        start = f"({after}" if after else "-"
+        entries = await self.call(self.client.xrange(self.keys_for(tag).events, start, "+", count=count))
+        return [Event.from_stream(tag, user_id, entry_id, fields) for entry_id, fields in entries]
+
+    async def last_event_id(self, user_id: str) -> str:
+        """Return the id of the user's newest event, or "0-0" when there is none."""
+        entries = await self.call(self.client.xrevrange(self.keys_for(user_tag(user_id)).events, count=1))
+        return _text(entries[0][0]) if entries else "0-0"
+
+
+def _rejection(status: int, reply: list[Any]) -> Exception:
+    if status == Status.EXPIRED:
+        if reply[0] == 1:
+            return SessionExpired("the session reached its maximum lifetime")
+        return SessionExpired("the session expired")
+    if status == Status.REVOKED:
+        return SessionRevoked("the session was revoked")
+    if status == Status.REAUTH_REQUIRED:
+        return ReauthRequired("the session must sign in again")
+    return InvalidToken("the token does not match a session")
 
 
 def _text(value: bytes | str) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from service.records import SessionRecord
-from service.store import CreatedSession, Validation
-from service.tokens import SessionRef
+if TYPE_CHECKING:
+    from service.records import SessionRecord
+    from service.store import CreatedSession, Validation
+    from service.tokens import SessionRef
 
 
 def rfc3339(ms: int) -> str:

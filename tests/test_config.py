@@ -50,7 +50,8 @@ def test_build_settings_api_keys_from_environment() -> None:
     [
         ({"policies": {"x": {"expires_in": "5 minutes"}}}, "policies.x.expires_in:"),
         ({"policies": {"x": {"max_sessions": 2}}}, "policies.x.expires_in: required"),
-        ({"policies": {"x": {"expires_in": "1h", "max_sessions": 0}}}, "max_sessions must be at least 1"),
+        ({"policies": {"x": {"expires_in": "1h", "max_sessions": 0}}},
+         "max_sessions must be between 1 and 1000"),
         ({"policies": {"x": {"expires_in": "1h", "on_limit": "drop"}}}, "policies.x.on_limit"),
         ({"policies": {"x": {"expires_in": "1h", "colour": "red"}}}, "colour"),
         ({"policies": {"x": {"expires_in": "2d", "max_lifetime": "1d"}}}, "must not exceed max_lifetime"),
@@ -100,4 +101,4 @@ def test_cli_serve_exits_on_bad_config_naming_the_key(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "policies.kiosk" in result.stderr
-    assert "max_sessions must be at least 1" in result.stderr
+    assert "max_sessions must be between 1 and 1000" in result.stderr

@@ -26,6 +26,7 @@ from tests.conftest import Api, ServiceFactory
 GRACE_MS = 5_000
 # The default service.device_retention, which TEST_CONFIG does not change.
 DEVICE_RETENTION_MS = 90 * 86_400 * 1000
+EVENT_RETENTION_MS = 30 * 86_400_000
 KEY_PREFIX = "ss:"
 WWW_AUTHENTICATE = 'Bearer error="invalid_token"'
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
@@ -321,9 +322,11 @@ async def test_validate_fixed_dies_at_window(api: Api, redis: aioredis.Redis) ->
 
 async def ttl_excess(redis: aioredis.Redis, keys: UserKeys,
                      max_expires_ms: int) -> list[tuple[bytes, int]]:
-    """Return (key, PTTL) of every key of the user, except the device registry,
-    that has no TTL or expires after max_expires_at + grace."""
-    names = [k for k in await all_keys(redis, f"{keys.index[:-1]}*") if k != keys.devices.encode()]
+    """Return (key, PTTL) of every session key of the user that has no TTL or
+    expires after max_expires_at + grace. The device registry, event stream
+    and creation counter are per-user keys with their own retention."""
+    per_user = {keys.devices.encode(), keys.events.encode(), keys.creations.encode()}
+    names = [k for k in await all_keys(redis, f"{keys.index[:-1]}*") if k not in per_user]
     async with redis.pipeline(transaction=True) as pipe:
         # TIME runs before PTTL, so now_ms + PTTL never overstates a key's expiry time.
         pipe.time()
@@ -421,11 +424,16 @@ async def test_validate_key_ttls_within_window(api: Api, redis: aioredis.Redis, 
     found = set(await all_keys(redis))
     ttls = {key: await redis.pttl(key) for key in found}
 
-    # The device registry is kept per user for device_retention, not per session.
-    assert found == {keys.session(sid).encode(), keys.index.encode(), keys.devices.encode()}
+    # Per-user keys with their own documented retention: the device
+    # registry, the event stream and the one-minute creation counter. The
+    # global event stream is capped in length and has no TTL.
+    per_user = {keys.devices.encode(), keys.events.encode(), keys.creations.encode()}
+    assert found == {keys.session(sid).encode(), keys.index.encode(), *per_user, b"ss:events"}
     assert 0 < ttls[keys.session(sid).encode()] <= (window_s * 1000 + GRACE_MS)
     assert 0 < ttls[keys.index.encode()] <= (window_s * 1000 + GRACE_MS)
     assert 0 < ttls[keys.devices.encode()] <= DEVICE_RETENTION_MS
+    assert 0 < ttls[keys.events.encode()] <= EVENT_RETENTION_MS
+    assert 0 < ttls[keys.creations.encode()] <= 60_000
     assert epoch_s(created["expires_at"]) - epoch_s(created["created_at"]) == window_s
 
 
