@@ -105,12 +105,14 @@ local function with_flag(record, flag)
 end
 
 --[[
-  Append an event to the user's stream, trimmed to about events_max_length
+  Append an event to the user's stream, trimmed to events_max_length
   entries, and announce its id on the channel named like the stream.
+  The trim is exact: "MAXLEN ~" only drops whole stream nodes of about
+  100 entries, which would leave a small cap unenforced.
   The stream id is the Redis time in ms, so it doubles as the event time.
 ]]
 local function emit(event_type, user_id, sid, device_id, detail_json)
-  local id = redis.call('XADD', k.events, 'MAXLEN', '~', events_max_length, '*',
+  local id = redis.call('XADD', k.events, 'MAXLEN', events_max_length, '*',
                         't', event_type, 's', sid, 'd', device_id, 'x', detail_json)
   redis.call('PEXPIRE', k.events, events_retention_ms)
   redis.call('PUBLISH', k.events, id)
@@ -163,7 +165,7 @@ end
   End one session: delete its record and index entry, detach it from its
   device, leave a revocation marker until the session's absolute end (so
   a replayed token gets session_revoked) and emit event_type. The marker
-  is {secret_hash, on_revoked_token_used action letter, user_id}.
+  is {secret_hash, on_revoked_token_used action letter, user_id, device_id}.
 ]]
 local function end_session(sid, record, now_ms, event_type, detail_json)
   redis.call('DEL', k.session_prefix .. sid, k.failures_prefix .. sid)
@@ -179,7 +181,7 @@ local function end_session(sid, record, now_ms, event_type, detail_json)
   local max_expires_ms = record[F_MAX_EXPIRES_MS]
   if max_expires_ms > now_ms then
     local marker = cmsgpack.pack({record[F_SECRET_HASH], string.sub(record[F_ACTIONS], 3, 3),
-                                  record[F_USER_ID]})
+                                  record[F_USER_ID], device_id})
     redis.call('SET', k.marker_prefix .. sid, marker, 'PXAT', max_expires_ms)
   end
   emit(event_type, record[F_USER_ID], sid, device_id, detail_json or '{}')

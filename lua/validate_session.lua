@@ -50,7 +50,7 @@ local now_ms = server_time_ms()
 -- A revoked session's token: apply the policy's reuse action to every
 -- session of the user, since a replayed token suggests it was stolen.
 local function on_revoked_token_used(marker)
-  emit('revoked_token_used', marker[3], sid, '', '{}')
+  emit('revoked_token_used', marker[3], sid, marker[4], '{}')
   local action = marker[2]
   if action == 'v' or action == 'r' then
     for _, entry in ipairs(redis.call('ZRANGE', k.index, 0, -1)) do

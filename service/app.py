@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service import device_routes, event_routes, routes
+from service import device_routes, event_routes, protocol, routes
 from service.auth import ApiKeys
 from service.config import Settings
 from service.errors import (
@@ -30,7 +30,6 @@ from service.openapi import openapi_document
 from service.redis_client import create_client
 from service.state import API_KEYS, EVENT_HUB, REQUEST_SESSION_ID, REQUEST_USER_ID, SETTINGS, STORE
 from service.store import Store
-from service.tokens import parse_token
 
 logger = logging.getLogger("session_store.http")
 
@@ -57,19 +56,18 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/v1/me/events", event_routes.my_events),
 ]
 
-_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:-]{1,128}\Z")
+# At most 64 characters, shorter than a token (68), so no request id can carry one.
+_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
 
 
 def _request_id(request: web.Request) -> str:
     """Reuse a well-formed X-Request-Id, else draw one.
 
-    An id shaped like a session token or equal to an API key is replaced,
-    so a confused client cannot get a credential into the logs.
+    An id long enough to hold a token, or containing an API key, is
+    replaced, so a confused client cannot get a credential into the logs.
     """
     offered = request.headers.get("X-Request-Id", "")
-    if not _REQUEST_ID.match(offered) or parse_token(offered) is not None:
-        return secrets.token_hex(8)
-    if request.app[API_KEYS].contains(offered):
+    if not _REQUEST_ID.match(offered) or request.app[API_KEYS].found_in(offered):
         return secrets.token_hex(8)
     return offered
 
@@ -194,6 +192,7 @@ def _first_node_url(redis_url: str) -> str:
 
 def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> web.Application:
     """Build the application; the Redis client opens on startup and closes on cleanup."""
+    protocol.install()
     app = web.Application(client_max_size=settings.service.max_body_bytes,
                           middlewares=[problem_middleware])
     app[SETTINGS] = settings

@@ -12,6 +12,9 @@ from service.tokens import ParsedToken, parse_token
 
 # A bearer credential longer than this is not ours; reject before hashing.
 _MAX_CREDENTIAL_LENGTH = 512
+# Session cookies tried per request: browsers send one per matching path
+# or domain, a handful at most, and each costs a Redis round trip.
+MAX_COOKIE_TOKENS = 5
 
 
 def bearer_credential(request: web.Request) -> str | None:
@@ -45,6 +48,11 @@ class ApiKeys:
             matched |= hmac.compare_digest(encoded, key)
         return matched
 
+    def found_in(self, text: str) -> bool:
+        """Return whether any key occurs inside text (for scrubbing, not authentication)."""
+        encoded = text.encode("utf-8")
+        return any(key in encoded for key in self._keys)
+
     def require(self, request: web.Request) -> None:
         """Raise Unauthorized unless the request carries a configured API key.
 
@@ -68,7 +76,7 @@ def session_tokens(request: web.Request, cookie_name: str) -> list[ParsedToken]:
     if not candidates:
         raise InvalidToken("no session token: send Authorization: Bearer <token> or the session cookie")
 
-    parsed = [token for token in map(parse_token, candidates) if token is not None]
+    parsed = [token for token in map(parse_token, candidates) if token is not None][:MAX_COOKIE_TOKENS]
     if not parsed:
         raise InvalidToken("the token is malformed")
     return parsed

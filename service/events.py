@@ -93,7 +93,7 @@ class EventMirror:
             }
             try:
                 await self.store.call(self.store.client.xadd(
-                    key, fields, maxlen=self.max_length, approximate=True))
+                    key, fields, maxlen=self.max_length, approximate=False))
             except Exception:  # noqa: BLE001 - a lost copy must never fail the request
                 logger.warning("could not copy event %s to the global stream", event.type)
                 return

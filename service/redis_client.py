@@ -21,8 +21,9 @@ def create_client(url: str, *, cluster: bool, settings: ServiceSettings) -> Any:
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             max_connections=settings.redis_max_connections,
-            # MOVED and ASK are followed inside one call; the deadline caps it.
-            cluster_error_retry_attempts=3,
+            # MOVED and ASK are followed inside one call, and a failed node
+            # is retried after a topology refresh; the deadline caps both.
+            retry=Retry(NoBackoff(), 3),
             decode_responses=False,
         )
     pool = aioredis.BlockingConnectionPool.from_url(

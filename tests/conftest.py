@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as RedisClusterClient
 from aiohttp import web
 
 from service.app import create_app
 from service.config import build_settings
 from service.embedded import free_port
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer
 
 API_KEY = "test-api-key-0123456789abcdef"
@@ -70,20 +74,67 @@ class Api:
         return await self.request("GET", "/v1/validate", token=token, **kwargs)
 
 
+# Every test that touches Redis runs once per backend: a single
+# redis-server and a local Redis Cluster of three masters with a replica
+# each. SESSION_STORE_TEST_BACKENDS=single runs only the first.
+BACKENDS = [name for name in os.environ.get("SESSION_STORE_TEST_BACKENDS", "single,cluster").split(",")
+            if name]
+
+
+@dataclasses.dataclass
+class Backend:
+    name: str
+    url: str
+    cluster: bool
+    server: RedisServer | None = None
+    nodes: RedisCluster | None = None
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def single_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def cluster_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "cluster":
+        nodes = request.getfixturevalue("cluster_redis")
+        return Backend("cluster", nodes.url, True, nodes=nodes)
+    server = request.getfixturevalue("single_redis")
+    return Backend("single", server.url, False, server=server)
+
+
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+def redis_server(backend: Backend) -> RedisServer:
+    """The single redis-server, for tests that stop, restart or pause it."""
+    if backend.server is None:
+        # NOTE: outage, restart and pause tests drive one redis-server
+        # process; their cluster counterparts (failover) are not written yet.
+        pytest.skip("stops or pauses a single redis-server")
+    return backend.server
+
+
+@pytest.fixture
+async def redis(backend: Backend) -> AsyncIterator[Any]:
     """A raw client for inspecting the store; the database is emptied before each test."""
-    if redis_server.process is None or redis_server.process.poll() is not None:
-        redis_server.start()
-    client = aioredis.Redis.from_url(redis_server.url)
+    if backend.server is not None and (backend.server.process is None
+                                       or backend.server.process.poll() is not None):
+        backend.server.start()
+    if backend.cluster:
+        client: Any = RedisClusterClient.from_url(backend.url)
+    else:
+        client = aioredis.Redis.from_url(backend.url)
     await client.flushall()
     yield client
     await client.aclose()
@@ -93,14 +144,14 @@ ServiceFactory = Callable[..., Awaitable[Api]]
 
 
 @pytest.fixture
-async def make_service(redis: aioredis.Redis, redis_server: RedisServer) -> AsyncIterator[ServiceFactory]:
+async def make_service(redis: Any, backend: Backend) -> AsyncIterator[ServiceFactory]:
     """Start services in this test's event loop; each is stopped after the test."""
     runners: list[web.AppRunner] = []
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(config: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Api:
         settings = build_settings(copy.deepcopy(config or TEST_CONFIG), environ or {})
-        app = create_app(settings, redis_server.url)
+        app = create_app(settings, backend.url, cluster=backend.cluster)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         port = free_port()

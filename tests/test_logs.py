@@ -240,10 +240,10 @@ async def run_scenario(api: Api, redis_server: RedisServer, spare_key: str,
 
 
 @pytest.fixture(scope="module")
-async def scenario_log(redis_server: RedisServer,
+async def scenario_log(single_redis: RedisServer,
                        tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ScenarioLog]:
-    ensure_redis_running(redis_server)
-    raw = aioredis.Redis.from_url(redis_server.url)
+    ensure_redis_running(single_redis)
+    raw = aioredis.Redis.from_url(single_redis.url)
     await raw.flushall()
     await raw.aclose()
 
@@ -253,14 +253,14 @@ async def scenario_log(redis_server: RedisServer,
     config_path = folder / "config.toml"
     config_path.write_text(config_toml([API_KEY, spare_key]), encoding="utf-8")
     log_path = folder / "service.log"
-    service = ServiceProcess(redis_server.url, log_path, config_path=config_path)
+    service = ServiceProcess(single_redis.url, log_path, config_path=config_path)
 
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
         try:
             service.start()
             await service.wait_healthy()
-            tokens, outcomes = await run_scenario(Api(http, service.base_url), redis_server,
+            tokens, outcomes = await run_scenario(Api(http, service.base_url), single_redis,
                                                   spare_key, wrong_key)
             exit_code = await asyncio.to_thread(service.terminate, SHUTDOWN_TIMEOUT_S)
         finally:

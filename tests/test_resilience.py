@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as RedisClusterClient
 
 from service.cli import SHUTDOWN_TIMEOUT_S
 from tests.conftest import API_KEY, TEST_CONFIG, Api, ServiceFactory
@@ -168,7 +169,11 @@ async def test_slow_redis_answers_503(api: Api, redis: aioredis.Redis) -> None:
 
     # CLIENT PAUSE <ms> ALL (Redis 6.2+) delays every client's commands, the service's
     # included, for PAUSE_MS. The test sends it on its own connection.
-    await redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
+    if isinstance(redis, RedisClusterClient):
+        await redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL",
+                                    target_nodes=RedisClusterClient.ALL_NODES)
+    else:
+        await redis.execute_command("CLIENT", "PAUSE", PAUSE_MS, "ALL")
     paused_at = time.monotonic()
     started = time.monotonic()
     during = await api.validate(paused_session["token"])
