@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster as RedisClusterClient
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster as RedisClusterClient
 
 from service.app import create_app
 from service.config import build_settings

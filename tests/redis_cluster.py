@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import socket
 import subprocess
 import time
 from pathlib import Path
-
-import random
-import socket
 
 from service.embedded import find_redis_server
 
