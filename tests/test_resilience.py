@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -163,7 +164,10 @@ async def test_readyz_redis_up(api: Api) -> None:
     assert body == {"status": "ready"}
 
 
-async def test_slow_redis_answers_503(api: Api, redis: aioredis.Redis) -> None:
+async def test_slow_redis_answers_503(make_service: ServiceFactory, redis: aioredis.Redis) -> None:
+    config = copy.deepcopy(TEST_CONFIG)
+    config["service"]["redis_timeout"] = 0.5
+    api = await make_service(config)
     paused_session = await api.create("u-slow", "dev-1")
     other_session = await api.create("u-slow", "dev-2")
 
