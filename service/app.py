@@ -7,6 +7,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -26,7 +27,10 @@ from service.errors import (
 )
 from service.event_hub import EventHub
 from service.metrics import HTTP_DURATION, HTTP_REQUESTS, REGISTRY, STORE_ERRORS, VALIDATIONS
+
+VALIDATIONS_VALID = VALIDATIONS.labels("valid")
 from service.openapi import openapi_document
+from service.pipeline import PipelinedConnection
 from service.redis_client import create_client
 from service.state import API_KEYS, EVENT_HUB, REQUEST_SESSION_ID, REQUEST_USER_ID, SETTINGS, STORE
 from service.store import Store
@@ -138,13 +142,25 @@ def _count_error(request: web.Request, error: ServiceError) -> None:
         VALIDATIONS.labels(error.code).inc()
 
 
+_request_counters: dict[tuple[str, str, int], Any] = {}
+_request_timers: dict[tuple[str, str], Any] = {}
+
+
 def _record(request: web.Request, status: int, duration_s: float, request_id: str,
             error: ServiceError | None) -> None:
     route = _route_template(request)
-    HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-    HTTP_DURATION.labels(route, request.method).observe(duration_s)
+    # Label children are cached: labels() takes a lock and builds a key each call.
+    counter_key = (route, request.method, status)
+    counter = _request_counters.get(counter_key)
+    if counter is None:
+        counter = _request_counters[counter_key] = HTTP_REQUESTS.labels(route, request.method, str(status))
+    counter.inc()
+    timer = _request_timers.get(counter_key[:2])
+    if timer is None:
+        timer = _request_timers[counter_key[:2]] = HTTP_DURATION.labels(route, request.method)
+    timer.observe(duration_s)
     if status == 200 and route == "/v1/validate":
-        VALIDATIONS.labels("valid").inc()
+        VALIDATIONS_VALID.inc()
     if logger.isEnabledFor(logging.INFO):
         logger.info(
             "%s %s %d", request.method, route, status,
@@ -209,11 +225,14 @@ def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> 
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         client = create_client(redis_url, cluster=cluster, settings=settings.service)
         service = settings.service
-        store = app[STORE] = Store(client, service)
+        pipelined = None if cluster else PipelinedConnection(redis_url)
+        store = app[STORE] = Store(client, service, pipelined)
         hub = app[EVENT_HUB] = EventHub(_first_node_url(redis_url))
         yield
         await hub.close()
         await store.mirror.drain()
+        if pipelined is not None:
+            await pipelined.close()
         await client.aclose()
 
     app.cleanup_ctx.append(redis_lifecycle)

@@ -57,7 +57,7 @@ class ServiceSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class Settings(msgspec.Struct, kw_only=True):
     service: ServiceSettings
     policies: dict[str, Policy]
-    trusted_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
     @property
     def default_policy(self) -> Policy:
@@ -95,7 +95,7 @@ def build_settings(document: dict[str, Any], environ: dict[str, str]) -> Setting
             f"service.default_policy: no policy named {service.default_policy!r}; "
             f"defined policies are {', '.join(sorted(policies))}"
         )
-    networks = _parse_networks(service.trusted_proxies)
+    networks = tuple(_parse_networks(service.trusted_proxies))
     return Settings(service=service, policies=policies, trusted_networks=networks)
 
 

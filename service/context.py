@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from aiohttp import web
@@ -23,17 +24,15 @@ def network_of(ip: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
-def client_address(request: web.Request, trusted_proxies: list[Network]) -> str:
+def client_address(peer: str, forwarded: str, trusted_proxies: tuple[Network, ...]) -> str:
     """Return the direct peer, or the first X-Forwarded-For address when the
     peer is a trusted proxy; '' when neither is a valid address."""
-    peer = request.remote or ""
     try:
         peer_address = ipaddress.ip_address(peer)
     except ValueError:
         return ""
     if not any(peer_address in network for network in trusted_proxies):
         return peer
-    forwarded = request.headers.get("X-Forwarded-For", "")
     first = forwarded.split(",", 1)[0].strip()
     try:
         return str(ipaddress.ip_address(first))
@@ -41,8 +40,16 @@ def client_address(request: web.Request, trusted_proxies: list[Network]) -> str:
         return peer
 
 
-def client_context(request: web.Request, trusted_proxies: list[Network]) -> ClientContext:
-    user_agent = request.headers.get("User-Agent", "")
+# Parsing addresses costs more than the rest of a validation's Python work,
+# and a gateway sends the same few peers and client addresses again and again.
+@functools.lru_cache(maxsize=65536)
+def _client_network(peer: str, forwarded: str, trusted_proxies: tuple[Network, ...]) -> str:
+    return network_of(client_address(peer, forwarded, trusted_proxies))
+
+
+def client_context(request: web.Request, trusted_proxies: tuple[Network, ...]) -> ClientContext:
+    headers = request.headers
+    forwarded = headers.get("X-Forwarded-For", "")
+    network = _client_network(request.remote or "", forwarded[:256], trusted_proxies)
     # Only the first 512 characters count, as at sign-in.
-    return ClientContext(network=network_of(client_address(request, trusted_proxies)),
-                         user_agent=user_agent[:512])
+    return ClientContext(network=network, user_agent=headers.get("User-Agent", "")[:512])

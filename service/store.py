@@ -29,6 +29,7 @@ from service.errors import (
 )
 from service.events import Event, EventMirror, decode_emitted
 from service.keys import UserKeys, user_keys
+from service.pipeline import PipelinedConnection
 from service.records import DeviceEntry, SessionRecord, decode_device, decode_session
 from service.scripts import Scripts, Status
 from service.tokens import ParsedToken, SessionRef, new_session, user_tag
@@ -108,8 +109,12 @@ class ClientContext(msgspec.Struct, frozen=True):
 class Store:
     """Session operations on one Redis (single node or cluster client)."""
 
-    def __init__(self, client: Any, settings: ServiceSettings) -> None:
+    def __init__(self, client: Any, settings: ServiceSettings,
+                 pipelined: PipelinedConnection | None = None) -> None:
         self.client = client
+        # Script calls go through the auto-pipelining connection when there
+        # is one (single node); redis-py's client serves everything else.
+        self.pipelined = pipelined
         self.scripts = Scripts(client)
         self.key_prefix = settings.key_prefix
         self.timeout_s = settings.redis_timeout
@@ -144,10 +149,24 @@ class Store:
     async def _run(self, script: Any, tag: str, args: list[bytes | str | int]) -> tuple[int, list[Any]]:
         """Run one script for the user with tag; return its status and the rest of its reply."""
         keys = self.keys_for(tag).script_keys()
-        reply = await self.call(script(keys=keys, args=[*self._shared_args, *args]))
+        full_args = [*self._shared_args, *args]
+        if self.pipelined is not None:
+            reply = await self.call(self._evalsha_pipelined(script, keys, full_args))
+        else:
+            reply = await self.call(script(keys=keys, args=full_args))
         if reply[1]:
             self.mirror.publish(decode_emitted(tag, reply[1]))
         return reply[0], reply[2:]
+
+    async def _evalsha_pipelined(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on the shared pipelined connection; load the script once on NOSCRIPT."""
+        assert self.pipelined is not None
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await self.pipelined.execute(*command)
+        except redis.exceptions.NoScriptError:
+            await self.pipelined.execute("SCRIPT", "LOAD", script.script)
+            return await self.pipelined.execute(*command)
 
     async def ping(self) -> bool:
         await self.call(self.client.ping())
