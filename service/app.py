@@ -27,8 +27,6 @@ from service.errors import (
 )
 from service.event_hub import EventHub
 from service.metrics import HTTP_DURATION, HTTP_REQUESTS, REGISTRY, STORE_ERRORS, VALIDATIONS
-
-VALIDATIONS_VALID = VALIDATIONS.labels("valid")
 from service.openapi import openapi_document
 from service.pipeline import PipelinedConnection
 from service.redis_client import create_client
@@ -36,6 +34,8 @@ from service.state import API_KEYS, EVENT_HUB, REQUEST_SESSION_ID, REQUEST_USER_
 from service.store import Store
 
 logger = logging.getLogger("session_store.http")
+
+VALIDATIONS_VALID = VALIDATIONS.labels("valid")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
