@@ -225,7 +225,7 @@ def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> 
     async def redis_lifecycle(app: web.Application) -> AsyncIterator[None]:
         client = create_client(redis_url, cluster=cluster, settings=settings.service)
         service = settings.service
-        pipelined = None if cluster else PipelinedConnection(redis_url)
+        pipelined = None if cluster else PipelinedConnection(redis_url, timeout_s=service.redis_timeout)
         store = app[STORE] = Store(client, service, pipelined)
         hub = app[EVENT_HUB] = EventHub(_first_node_url(redis_url))
         yield

@@ -6,8 +6,13 @@ load this turns N concurrent validations into one syscall and one Redis
 read instead of N, which is where a per-request connection spends most
 of its time. Replies are parsed by hiredis.
 
-A caller that gives up (deadline) leaves its slot in the queue; the late
-reply is read and dropped, so later replies still reach the right caller.
+Deadline: replies come back in order, so when the oldest command has
+waited longer than timeout_s, every command behind it has stalled too.
+A sweep that runs a few times per deadline then closes the connection
+and fails every waiting caller with TimeoutError; the next command opens
+a new connection. This costs one timer per sweep instead of one per
+command. A caller cancelled for another reason leaves its slot in the
+queue, and its late reply is read and dropped.
 """
 
 from __future__ import annotations
@@ -31,23 +36,34 @@ class _Protocol(asyncio.Protocol):
         self.connection = connection
 
     def data_received(self, data: bytes) -> None:
-        self.connection.feed(data)
+        if self.connection.current is self:
+            self.connection.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connection.lost(exc)
+        # A connection aborted at the deadline reports its loss after a new
+        # one may already be open; only the current one's loss counts.
+        if self.connection.current is self:
+            self.connection.lost(exc)
 
 
 class PipelinedConnection:
     """One Redis connection shared by every coroutine of the process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout_s: float, max_waiting: int = 10_000) -> None:
         self.url = url
+        self.timeout_s = timeout_s
+        # Commands waiting for a reply beyond this fail at once: a stalled
+        # Redis must not grow a queue without bound.
+        self.max_waiting = max_waiting
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self._options = parse_url(url)
         self._tls = urlsplit(url).scheme == "rediss"
         self._transport: asyncio.Transport | None = None
+        self.current: _Protocol | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._reader = hiredis.Reader()
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # (future, time the command was queued), oldest first.
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
 
@@ -55,16 +71,41 @@ class PipelinedConnection:
         """Send one command; return its reply or raise its error."""
         if self._transport is None:
             await self._connect()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(hiredis.pack_command(args), future)
+        if len(self._waiting) >= self.max_waiting:
+            raise redis.exceptions.ConnectionError("too many Redis commands waiting for a reply")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._enqueue(hiredis.pack_command(args), future, loop)
         return await future
 
-    def _enqueue(self, packed: bytes, future: asyncio.Future[Any]) -> None:
+    def _enqueue(self, packed: bytes, future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
         self._outgoing.append(packed)
-        self._waiting.append(future)
+        self._waiting.append((future, loop.time()))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(self._sweep_interval_s, self._sweep)
+
+    @property
+    def _sweep_interval_s(self) -> float:
+        return max(self.timeout_s / 4, 0.01)
+
+    def _sweep(self) -> None:
+        """Abort the connection when its oldest command is past the deadline."""
+        self._sweep_handle = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._waiting[0][1] > self.timeout_s:
+            logger.warning("redis did not answer within %.3fs; reconnecting", self.timeout_s)
+            transport = self._transport
+            self._fail_all(redis.exceptions.TimeoutError(
+                f"Redis did not answer within {self.timeout_s}s"))
+            if transport is not None:
+                transport.abort()
+            return
+        self._sweep_handle = loop.call_later(self._sweep_interval_s, self._sweep)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -83,7 +124,7 @@ class PipelinedConnection:
             self._connecting = asyncio.ensure_future(self._open())
         connecting = self._connecting
         try:
-            await asyncio.shield(connecting)
+            await asyncio.wait_for(asyncio.shield(connecting), self.timeout_s)
         finally:
             if connecting.done():
                 self._connecting = None
@@ -91,16 +132,16 @@ class PipelinedConnection:
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         options = self._options
-        reader = hiredis.Reader()
         if "path" in options:
-            transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), options["path"])
+            transport, protocol = await loop.create_unix_connection(lambda: _Protocol(self), options["path"])
         else:
             context = ssl.create_default_context() if self._tls else None
-            transport, _ = await loop.create_connection(
+            transport, protocol = await loop.create_connection(
                 lambda: _Protocol(self), options.get("host", "127.0.0.1"), options.get("port", 6379),
                 ssl=context)
-        self._reader = reader
+        self._reader = hiredis.Reader()
         self._transport = transport  # type: ignore[assignment]
+        self.current = protocol
         await self._handshake()
 
     async def _handshake(self) -> None:
@@ -122,7 +163,7 @@ class PipelinedConnection:
             if not self._waiting:
                 logger.warning("reply from Redis with no caller waiting; dropped")
                 continue
-            future = self._waiting.popleft()
+            future, _ = self._waiting.popleft()
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -132,11 +173,15 @@ class PipelinedConnection:
 
     def lost(self, exc: Exception | None) -> None:
         """Fail every waiting caller; the next command reconnects."""
+        self._fail_all(redis.exceptions.ConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+    def _fail_all(self, error: Exception) -> None:
         self._transport = None
+        self.current = None
         self._outgoing.clear()
-        error = redis.exceptions.ConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        self._reader = hiredis.Reader()
         while self._waiting:
-            future = self._waiting.popleft()
+            future, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(error)
 

@@ -131,12 +131,14 @@ class Store:
     def keys_for(self, tag: str) -> UserKeys:
         return user_keys(self.key_prefix, tag)
 
-    async def call(self, awaitable: Awaitable[T]) -> T:
+    async def call(self, awaitable: Awaitable[T], *, deadline: bool = True) -> T:
         """Await one Redis call under the deadline; map every failure to 503."""
         try:
+            if not deadline:
+                return await awaitable
             async with asyncio.timeout(self.timeout_s):
                 return await awaitable
-        except TimeoutError:
+        except (TimeoutError, redis.exceptions.TimeoutError):
             logger.warning("redis call timed out after %.3fs", self.timeout_s)
             raise StoreUnavailable(f"the session store did not answer within {self.timeout_s}s") from None
         except redis.exceptions.RedisError as exc:
@@ -151,7 +153,8 @@ class Store:
         keys = self.keys_for(tag).script_keys()
         full_args = [*self._shared_args, *args]
         if self.pipelined is not None:
-            reply = await self.call(self._evalsha_pipelined(script, keys, full_args))
+            # The pipelined connection enforces the deadline itself.
+            reply = await self.call(self._evalsha_pipelined(script, keys, full_args), deadline=False)
         else:
             reply = await self.call(script(keys=keys, args=full_args))
         if reply[1]:
