@@ -8,7 +8,7 @@
     KEYS[2]  <p>{tag}:d    hash        device registry: device id -> entry
     KEYS[3]  <p>{tag}:s:   prefix      session record key = KEYS[3] .. sid
     KEYS[4]  <p>{tag}:r:   prefix      revocation marker key = KEYS[4] .. sid
-    KEYS[5]  <p>{tag}:e    stream      the user's events; also the pub/sub
+    KEYS[5]  <p>{tag}:e    list        the user's events; also the pub/sub
                                        channel that announces new ones
     KEYS[6]  <p>{tag}:c    string      session creations in the current minute
     KEYS[7]  <p>{tag}:f:   prefix      wrong-secret counter key = KEYS[7] .. sid
@@ -17,8 +17,8 @@
 
   And the same first ARGV:
     ARGV[1]  grace_ms              an expired record is kept this long, ms
-    ARGV[2]  events_max_length     approximate cap of the user's stream
-    ARGV[3]  events_retention_ms   the stream expires this long after its last event
+    ARGV[2]  events_max_length     cap of the user's event list
+    ARGV[3]  events_retention_ms   the list expires this long after its last event
     ARGV[4]  device_retention_ms   the registry expires this long after its last write
   Script-specific arguments start at ARGV[5].
 
@@ -29,8 +29,8 @@
 
   Every reply is {status, events, ...}: status is one of the codes below
   (service/scripts.py names them) and events lists what the script added
-  to the user's stream, as {id, type, user_id, sid, device_id, detail_json};
-  the stream itself does not repeat the user id.
+  to the user's event list, as {id, type, user_id, sid, device_id,
+  detail_json}; the list itself does not repeat the user id.
 ]]
 local F_SECRET_HASH = 1
 local F_USER_ID = 2
@@ -105,15 +105,29 @@ local function with_flag(record, flag)
 end
 
 --[[
-  Append an event to the user's stream, trimmed to events_max_length
-  entries, and announce its id on the channel named like the stream.
-  The trim is exact: "MAXLEN ~" only drops whole stream nodes of about
-  100 entries, which would leave a small cap unenforced.
-  The stream id is the Redis time in ms, so it doubles as the event time.
+  Append an event to the user's list, trimmed to events_max_length
+  entries, and announce its id on the channel named like the list.
+  An entry is "<id> <MessagePack {type, sid, device_id, detail_json}>".
+  The id is "<ms>-<n>": the Redis time in ms, so it doubles as the event
+  time, and n orders events within one ms. Ids only grow, even if the
+  server clock steps back. A list, not a stream: an empty Redis stream
+  already costs about 4.7 KB, a short list about 100 bytes.
 ]]
 local function emit(event_type, user_id, sid, device_id, detail_json)
-  local id = redis.call('XADD', k.events, 'MAXLEN', events_max_length, '*',
-                        't', event_type, 's', sid, 'd', device_id, 'x', detail_json)
+  local at_ms = server_time_ms()
+  local seq = 0
+  local last = redis.call('LINDEX', k.events, -1)
+  if last then
+    local last_ms, last_seq = string.match(last, '^(%d+)-(%d+) ')
+    last_ms = tonumber(last_ms)
+    if last_ms >= at_ms then
+      at_ms, seq = last_ms, tonumber(last_seq) + 1
+    end
+  end
+
+  local id = string.format('%d-%d', at_ms, seq)
+  redis.call('RPUSH', k.events, id .. ' ' .. cmsgpack.pack({event_type, sid, device_id, detail_json}))
+  redis.call('LTRIM', k.events, -events_max_length, -1)
   redis.call('PEXPIRE', k.events, events_retention_ms)
   redis.call('PUBLISH', k.events, id)
   emitted[#emitted + 1] = {id, event_type, user_id, sid, device_id, detail_json}

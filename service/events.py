@@ -1,11 +1,11 @@
 """Session events: decoding them from scripts and streams, and mirroring
 them into the global stream that operators export to a SIEM.
 
-Scripts append each event to the user's stream (``<p>{tag}:e``) in the same
+Scripts append each event to the user's list (``<p>{tag}:e``) in the same
 atomic step as the change it records. The global stream (``<p>events``)
 lives in another hash slot, which a script may not touch on Redis Cluster,
 so the service copies each event there after the script returns. A copy
-can be lost if the process dies between the two steps; the user's stream
+can be lost if the process dies between the two steps; the user's list
 still has the event.
 """
 
@@ -28,7 +28,7 @@ _MAX_PENDING_MIRRORS = 1000
 
 
 class Event(msgspec.Struct, kw_only=True):
-    """One session event. id is its stream id, whose first part is the Redis time in ms."""
+    """One session event. id is "<ms>-<n>": the Redis time in ms, then an order within the ms."""
 
     id: str
     type: str
@@ -48,13 +48,23 @@ class Event(msgspec.Struct, kw_only=True):
         }
 
     @classmethod
-    def from_stream(cls, tag: str, user_id: str, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:
+    def from_entry(cls, tag: str, user_id: str, entry: bytes) -> Event:
+        """Decode "<id> <MessagePack {type, sid, device_id, detail_json}>" from the user's list."""
+        entry_id, _, packed = entry.partition(b" ")
+        kind, sid, device_id, detail = _entry_decoder.decode(packed)
         return cls(
-            id=_text(entry_id), type=_text(fields.get(b"t", b"")), user_id=user_id,
-            session_id=_session_id(tag, fields.get(b"s", b"")),
-            device_id=_text(fields.get(b"d", b"")) or None,
-            detail=_detail(fields.get(b"x", b"{}")),
+            id=_text(entry_id), type=kind, user_id=user_id, session_id=_session_id(tag, sid),
+            device_id=device_id or None, detail=_detail(detail),
         )
+
+
+_entry_decoder = msgspec.msgpack.Decoder(tuple[str, str, str, str])
+
+
+def event_id_key(event_id: str) -> tuple[int, int]:
+    """Return an event id as (ms, n), which orders ids as Redis wrote them."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def decode_emitted(tag: str, emitted: list[list[Any]]) -> list[Event]:

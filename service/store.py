@@ -27,7 +27,7 @@ from service.errors import (
     SessionRevoked,
     StoreUnavailable,
 )
-from service.events import Event, EventMirror, decode_emitted
+from service.events import Event, EventMirror, decode_emitted, event_id_key
 from service.keys import UserKeys, user_keys
 from service.pipeline import PipelinedConnection
 from service.records import DeviceEntry, SessionRecord, decode_device, decode_session
@@ -283,16 +283,24 @@ class Store:
         return decode_device(reply[0]), reply[1]
 
     async def read_events(self, user_id: str, *, after: str, count: int) -> list[Event]:
-        """Return up to count of the user's events after the stream id after, oldest first."""
+        """Return up to count of the user's events after the event id after, oldest first."""
         tag = user_tag(user_id)
-        start = f"({after}" if after else "-"
-        entries = await self.call(self.client.xrange(self.keys_for(tag).events, start, "+", count=count))
-        return [Event.from_stream(tag, user_id, entry_id, fields) for entry_id, fields in entries]
+        # The list holds at most events_max_length entries, so it is read whole.
+        entries = await self.call(self.client.lrange(self.keys_for(tag).events, 0, -1))
+        after_key = event_id_key(after) if after else (-1, -1)
+        events = []
+        for entry in entries:
+            event = Event.from_entry(tag, user_id, entry)
+            if event_id_key(event.id) > after_key:
+                events.append(event)
+                if len(events) == count:
+                    break
+        return events
 
     async def last_event_id(self, user_id: str) -> str:
         """Return the id of the user's newest event, or "0-0" when there is none."""
-        entries = await self.call(self.client.xrevrange(self.keys_for(user_tag(user_id)).events, count=1))
-        return _text(entries[0][0]) if entries else "0-0"
+        last = await self.call(self.client.lindex(self.keys_for(user_tag(user_id)).events, -1))
+        return last.split(b" ", 1)[0].decode("ascii") if last else "0-0"
 
 
 def _rejection(status: int, reply: list[Any]) -> Exception:

@@ -384,12 +384,10 @@ async def test_events_user_stream_bounded(make_service: ServiceFactory, redis: A
     api = await make_service(config_with(service={"events_max_length": 10}))
     await make_events(api, "u-bound", 50)
 
-    length = await redis.xlen(user_keys(KEY_PREFIX, user_tag("u-bound")).events)
+    length = await redis.llen(user_keys(KEY_PREFIX, user_tag("u-bound")).events)
 
-    # MAXLEN ~ trims approximately, so allow about twice the cap but not the 51 written.
-    # NOTE: Redis 6.2 trims MAXLEN ~ only by whole stream nodes (stream-node-max-entries
-    # 100 by default), so with a cap of 10 nothing is trimmed before 100 entries.
-    assert length <= 20
+    # The user's list is trimmed exactly to the cap.
+    assert length == 10
 
 
 async def test_events_bounded_list_keeps_newest(make_service: ServiceFactory) -> None:
