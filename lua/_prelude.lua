@@ -7,7 +7,7 @@
     KEYS[1]  <p>{tag}:i    sorted set  user index: sid -> last activity (ms)
     KEYS[2]  <p>{tag}:d    hash        device registry: device id -> entry
     KEYS[3]  <p>{tag}:s:   prefix      session record key = KEYS[3] .. sid
-    KEYS[4]  <p>{tag}:r:   prefix      revocation marker key = KEYS[4] .. sid
+    KEYS[4]  <p>{tag}:x    hash        ended-session markers: sid -> marker
     KEYS[5]  <p>{tag}:e    list        the user's events; also the pub/sub
                                        channel that announces new ones
     KEYS[6]  <p>{tag}:c    string      session creations in the current minute
@@ -68,6 +68,25 @@ local D_FIRST_SEEN_MS = 4
 local D_LAST_SEEN_MS = 5
 local D_TRUSTED = 6
 
+-- Session marker: MessagePack array, field of the <p>{tag}:x hash. It
+-- outlives the record until the session's max_expires_at, so a token of
+-- an ended session gets session_revoked or session_expired, not
+-- invalid_token. Written at creation with state MARKER_LIVE (record gone
+-- means expired), switched to MARKER_REVOKED when the session is ended.
+local M_SECRET_HASH = 1
+local M_STATE = 2
+local M_REUSE_ACTION = 3
+local M_USER_ID = 4
+local M_DEVICE_ID = 5
+local M_UNTIL_MS = 6
+
+local MARKER_LIVE = 'l'
+local MARKER_REVOKED = 'r'
+-- Markers kept per user at most; the ones ending soonest go first.
+local MAX_MARKERS = 1024
+-- Markers are pruned once a user has more than this many.
+local PRUNE_MARKERS_ABOVE = 64
+
 -- Status codes in position 1 of every reply.
 local OK = 0
 local INVALID_TOKEN = 1
@@ -81,9 +100,12 @@ local ID_COLLISION = 8
 local RATE_LIMITED = 9
 
 local k = {
-  index = KEYS[1], devices = KEYS[2], session_prefix = KEYS[3], marker_prefix = KEYS[4],
+  index = KEYS[1], devices = KEYS[2], session_prefix = KEYS[3], markers = KEYS[4],
   events = KEYS[5], creations = KEYS[6], failures_prefix = KEYS[7],
 }
+-- The user's tag, between the braces of every key; "sess_" .. tag .. sid
+-- is a session id as the API shows it.
+local user_tag = string.match(k.index, '{(.-)}')
 local grace_ms = tonumber(ARGV[1])
 local events_max_length = tonumber(ARGV[2])
 local events_retention_ms = tonumber(ARGV[3])
@@ -175,11 +197,53 @@ local function write_device(device_id, device)
   redis.call('PEXPIRE', k.devices, device_retention_ms)
 end
 
+local function write_marker(sid, record, state, now_ms)
+  local max_expires_ms = record[F_MAX_EXPIRES_MS]
+  redis.call('HSET', k.markers, sid, cmsgpack.pack({
+    record[F_SECRET_HASH], state, string.sub(record[F_ACTIONS], 3, 3), record[F_USER_ID],
+    record[F_DEVICE_ID], max_expires_ms}))
+  expire_not_before(k.markers, max_expires_ms, now_ms)
+end
+
+local function read_marker(sid)
+  local raw = redis.call('HGET', k.markers, sid)
+  if not raw then
+    return nil
+  end
+  return cmsgpack.unpack(raw)
+end
+
+--[[
+  Drop markers past their session's max_expires_at, and beyond MAX_MARKERS
+  the ones that end soonest. Runs only above PRUNE_MARKERS_ABOVE markers,
+  so a user with few sessions never pays for the scan.
+]]
+local function prune_markers(now_ms)
+  if redis.call('HLEN', k.markers) <= PRUNE_MARKERS_ABOVE then
+    return
+  end
+  local kept = {}
+  local entries = redis.call('HGETALL', k.markers)
+  for i = 1, #entries, 2 do
+    local until_ms = cmsgpack.unpack(entries[i + 1])[M_UNTIL_MS]
+    if until_ms <= now_ms then
+      redis.call('HDEL', k.markers, entries[i])
+    else
+      kept[#kept + 1] = {entries[i], until_ms}
+    end
+  end
+  if #kept > MAX_MARKERS then
+    table.sort(kept, function(a, b) return a[2] < b[2] end)
+    for i = 1, #kept - MAX_MARKERS do
+      redis.call('HDEL', k.markers, kept[i][1])
+    end
+  end
+end
+
 --[[
   End one session: delete its record and index entry, detach it from its
-  device, leave a revocation marker until the session's absolute end (so
-  a replayed token gets session_revoked) and emit event_type. The marker
-  is {secret_hash, on_revoked_token_used action letter, user_id, device_id}.
+  device, mark it revoked until its absolute end (so a replayed token
+  gets session_revoked) and emit event_type.
 ]]
 local function end_session(sid, record, now_ms, event_type, detail_json)
   redis.call('DEL', k.session_prefix .. sid, k.failures_prefix .. sid)
@@ -192,11 +256,8 @@ local function end_session(sid, record, now_ms, event_type, detail_json)
     redis.call('HSET', k.devices, device_id, cmsgpack.pack(device))
   end
 
-  local max_expires_ms = record[F_MAX_EXPIRES_MS]
-  if max_expires_ms > now_ms then
-    local marker = cmsgpack.pack({record[F_SECRET_HASH], string.sub(record[F_ACTIONS], 3, 3),
-                                  record[F_USER_ID], device_id})
-    redis.call('SET', k.marker_prefix .. sid, marker, 'PXAT', max_expires_ms)
+  if record[F_MAX_EXPIRES_MS] > now_ms then
+    write_marker(sid, record, MARKER_REVOKED, now_ms)
   end
   emit(event_type, record[F_USER_ID], sid, device_id, detail_json or '{}')
 end
@@ -210,20 +271,33 @@ local function note_expired(sid, record)
   end
 end
 
+-- The record expired and its TTL ran out before anyone noticed: the
+-- marker still knows the session, so the expiry is reported now.
+local function note_record_gone(sid)
+  if redis.call('ZREM', k.index, sid) == 1 then
+    local marker = read_marker(sid)
+    if marker and marker[M_STATE] == MARKER_LIVE then
+      emit('session_expired', marker[M_USER_ID], sid, marker[M_DEVICE_ID], '{"reason":"idle"}')
+    end
+  end
+end
+
 --[[
-  Return the user's live sessions as {sid, record} pairs, least recently
-  active first, and drop index entries of sessions that expired or are
+  Return the user's live sessions as {sid, record, last_active_ms},
+  least recently active first, and drop index entries of sessions that expired or are
   gone. An expired record itself stays until its own TTL.
 ]]
 local function live_sessions(user_id, now_ms)
   local live = {}
-  for _, sid in ipairs(redis.call('ZRANGE', k.index, 0, -1)) do
+  local entries = redis.call('ZRANGE', k.index, 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    local sid = entries[i]
     local record = read_record(sid)
     if not record then
-      redis.call('ZREM', k.index, sid)
+      note_record_gone(sid)
     elseif record[F_USER_ID] == user_id then
       if record[F_EXPIRES_MS] > now_ms then
-        live[#live + 1] = {sid, record}
+        live[#live + 1] = {sid, record, tonumber(entries[i + 1])}
       else
         note_expired(sid, record)
       end

@@ -33,8 +33,9 @@
            {RATE_LIMITED, events, retry_after_ms}  too many creations this minute
            {ID_COLLISION, events}               sid already used; retry with another
   Writes   the record (PXAT expires + grace), the index (PEXPIREAT at least
-           expires + grace), the device entry, the creation counter (60 s
-           window); ends replaced and evicted sessions; emits
+           expires + grace), the session's marker, the device entry, the
+           creation counter (60 s window); ends replaced and evicted
+           sessions; emits
            session_created, session_replaced, session_evicted, new_device,
            creation_burst. Time from redis.call('TIME').
 ]]
@@ -59,7 +60,7 @@ local actions = ARGV[22]
 local max_creates_per_minute = tonumber(ARGV[23])
 
 local now_ms = server_time_ms()
-if redis.call('EXISTS', k.session_prefix .. sid, k.marker_prefix .. sid) > 0 then
+if redis.call('EXISTS', k.session_prefix .. sid) > 0 or redis.call('HEXISTS', k.markers, sid) == 1 then
   return reply(ID_COLLISION)
 end
 
@@ -100,7 +101,7 @@ if excess > 0 and on_limit == 'reject' then
 end
 
 local replaced_sid = ''
-local detail = '{"by":"' .. sid .. '"}'
+local detail = '{"by":"sess_' .. user_tag .. sid .. '"}'
 if replaced then
   replaced_sid = replaced[1]
   end_session(replaced_sid, replaced[2], now_ms, 'session_replaced', detail)
@@ -116,10 +117,13 @@ local max_expires_ms = now_ms + max_lifetime_ms
 local expires_ms = math.min(now_ms + window_ms, max_expires_ms)
 out[4], out[5], out[6], out[7] = expires_ms, max_expires_ms, trusted, replaced_sid
 local flags = requires_trusted and FLAG_REQUIRES_TRUST or 0
-write_record(sid, {secret_hash, user_id, device_id, device_type, device_name,
-                   now_ms, expires_ms, max_expires_ms, window_ms, extend, policy,
-                   now_ms, client_ip, user_agent, metadata, trusted,
-                   client_net, actions, flags})
+local record = {secret_hash, user_id, device_id, device_type, device_name,
+                now_ms, expires_ms, max_expires_ms, window_ms, extend, policy,
+                now_ms, client_ip, user_agent, metadata, trusted,
+                client_net, actions, flags}
+write_record(sid, record)
+write_marker(sid, record, MARKER_LIVE, now_ms)
+prune_markers(now_ms)
 redis.call('ZADD', k.index, now_ms, sid)
 expire_not_before(k.index, expires_ms + grace_ms, now_ms)
 

@@ -7,8 +7,9 @@
   KEYS, ARGV[1..4]  the user's keys and shared settings (_prelude.lua)
   ARGV[5]  user_id
 
-  Returns  {OK, events, now_ms, sid_1, record_1, sid_2, record_2, ...}
-             records are MessagePack, newest activity first
+  Returns  {OK, events, now_ms, sid_1, record_1, active_ms_1, ...}
+             records are MessagePack, newest activity first; active_ms
+             is the last activity (the index score, at most 1 s old)
   Writes   ZREM of dead index entries, session_expired for each expired
            one. Time from redis.call('TIME').
 ]]
@@ -25,5 +26,6 @@ for i = #live, 1, -1 do
   record[F_TRUSTED] = device and device[D_TRUSTED] or 0
   out[#out + 1] = sid
   out[#out + 1] = cmsgpack.pack(record)
+  out[#out + 1] = live[i][3]
 end
 return out

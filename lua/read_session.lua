@@ -5,7 +5,7 @@
   KEYS, ARGV[1..4]  the user's keys and shared settings (_prelude.lua)
   ARGV[5]  sid
 
-  Returns  {OK, events, record, now_ms}   record is MessagePack
+  Returns  {OK, events, record, now_ms, last_active_ms}   record is MessagePack
            {NOT_FOUND, events}            no record, or the session expired
   Writes   nothing. Time from redis.call('TIME').
 ]]
@@ -19,4 +19,6 @@ end
 
 local device = read_device(record[F_DEVICE_ID])
 record[F_TRUSTED] = device and device[D_TRUSTED] or 0
-return reply(OK, cmsgpack.pack(record), now_ms)
+local score = redis.call('ZSCORE', k.index, sid)
+local last_active_ms = score and tonumber(score) or record[F_LAST_ACTIVE_MS]
+return reply(OK, cmsgpack.pack(record), now_ms, last_active_ms)

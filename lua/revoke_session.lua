@@ -10,9 +10,10 @@
 
   Returns  {OK, events}          revoked
            {NOT_FOUND, events}   no live session with that id (for that user)
-  Writes   deletes the record and index entry, detaches the device, sets
-           the revocation marker (PXAT max_expires_at), emits
-           session_revoked. Time from redis.call('TIME').
+  Writes   deletes the record and index entry, detaches the device, marks
+           the session revoked in the markers hash (kept until its
+           max_expires_at), emits session_revoked.
+           Time from redis.call('TIME').
 ]]
 local sid = ARGV[5]
 local user_id = ARGV[6]

@@ -29,8 +29,9 @@
            {EXPIRED, events, max_lifetime_reached}
            {REVOKED, events}         revoked, replaced or evicted
            {REAUTH_REQUIRED, events} an anomaly demands a new sign-in
-  Writes   on extension: the record (PXAT expires + grace), its index
-           score, the index TTL, the device's last_seen. On anomalies:
+  Writes   on activity (modes 1 and 2): the index score, at most once a
+           second (or per 1 % of the window when shorter). On extension: the record (PXAT expires + grace), the
+           index TTL, the device's last_seen. On anomalies:
            events, the wrong-secret counter, the record's flags, or the
            end of sessions, as the policy's actions say.
            Time from redis.call('TIME').
@@ -50,8 +51,8 @@ local now_ms = server_time_ms()
 -- A revoked session's token: apply the policy's reuse action to every
 -- session of the user, since a replayed token suggests it was stolen.
 local function on_revoked_token_used(marker)
-  emit('revoked_token_used', marker[3], sid, marker[4], '{}')
-  local action = marker[2]
+  emit('revoked_token_used', marker[M_USER_ID], sid, marker[M_DEVICE_ID], '{}')
+  local action = marker[M_REUSE_ACTION]
   if action == 'v' or action == 'r' then
     for _, entry in ipairs(redis.call('ZRANGE', k.index, 0, -1)) do
       local record = read_record(entry)
@@ -76,7 +77,9 @@ local function on_invalid_secret(record)
   if failures == 1 then
     redis.call('PEXPIRE', failures_key, failure_window_ms)
   end
-  if failures == 1 or failures == failure_threshold then
+  -- Every attempt up to the threshold is an event; beyond it the action
+  -- has applied, and more events would only flush the user's history.
+  if failures <= failure_threshold then
     emit('invalid_secret', record[F_USER_ID], sid, record[F_DEVICE_ID], '{"count":' .. failures .. '}')
   end
 
@@ -138,7 +141,6 @@ local function extend(record)
   record[F_EXPIRES_MS] = target_ms
   record[F_LAST_ACTIVE_MS] = now_ms
   write_record(sid, record)
-  redis.call('ZADD', k.index, now_ms, sid)
   expire_not_before(k.index, target_ms + grace_ms, now_ms)
 
   local device = read_device(record[F_DEVICE_ID])
@@ -149,18 +151,36 @@ local function extend(record)
   return true
 end
 
+-- The record is gone: its marker tells a revoked session from an
+-- expired one until the session's max_expires_at.
+local function ended_session()
+  local marker = read_marker(sid)
+  -- Both sides are hashes of a 256-bit secret, so how long the
+  -- comparison takes reveals nothing that helps forge a token.
+  if not marker or marker[M_SECRET_HASH] ~= secret_hash or marker[M_UNTIL_MS] <= now_ms then
+    return reply(INVALID_TOKEN)
+  end
+  if marker[M_STATE] == MARKER_REVOKED then
+    return on_revoked_token_used(marker)
+  end
+  note_record_gone(sid)
+  return reply(EXPIRED, 0)
+end
+
+-- Last activity is kept as the index score, so that lists and
+-- evict_oldest follow real use while expiry writes stay throttled. Its
+-- resolution is 1 s, or 1 % of the window when that is shorter.
+local function note_activity(window_ms)
+  local step_ms = math.min(1000, math.floor(window_ms / min_step_ratio))
+  local score = redis.call('ZSCORE', k.index, sid)
+  if not score or now_ms - tonumber(score) >= step_ms then
+    redis.call('ZADD', k.index, now_ms, sid)
+  end
+end
+
 local record = read_record(sid)
 if not record then
-  local raw_marker = redis.call('GET', k.marker_prefix .. sid)
-  if raw_marker then
-    local marker = cmsgpack.unpack(raw_marker)
-    -- Both sides are hashes of a 256-bit secret, so how long the
-    -- comparison takes reveals nothing that helps forge a token.
-    if marker[1] == secret_hash then
-      return on_revoked_token_used(marker)
-    end
-  end
-  return reply(INVALID_TOKEN)
+  return ended_session()
 end
 
 if record[F_SECRET_HASH] ~= secret_hash then
@@ -179,6 +199,9 @@ if refused then
 end
 
 local extended = 0
+if mode ~= 0 then
+  note_activity(record[F_WINDOW_MS])
+end
 if mode == 2 or (mode == 1 and record[F_EXTEND] == 1) then
   if extend(record) then
     extended = 1

@@ -185,7 +185,7 @@ async def readyz(request: web.Request) -> web.Response:
         if not all(loaded):
             await store.load_scripts()
     except StoreUnavailable as exc:
-        return web.json_response({"status": "unavailable", "detail": exc.detail}, status=503)
+        return _problem_response(exc)
     return web.json_response({"status": "ready"})
 
 

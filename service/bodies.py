@@ -48,6 +48,9 @@ async def read_json(request: web.Request, model: type[T]) -> T:
 def _field_message(message: str) -> str:
     """Turn msgspec's "Expected ... - at `$.device.id`" into "device.id: Expected ..."."""
     text, _, path = message.partition(" - at `$")
+    if "matching regex" in text:
+        # The only pattern on request strings is the control-character rule.
+        text = "must not contain control characters (CR, LF, NUL, tab and other C0/C1 codes)"
     field = path.rstrip("`").lstrip(".")
     return f"{field}: {text}" if field else f"body: {text}"
 

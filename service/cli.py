@@ -1,4 +1,4 @@
-"""Command line: ``session-store serve`` (also ``python -m service serve``)."""
+"""Command line of the session store: run the service (also python -m service)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from service import __version__
+from service import __version__, admin
 from service.config import REDIS_URL_ENV, ConfigError, Settings, load_settings
 from service.logs import configure_logging
 
@@ -41,11 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes sharing the port (SO_REUSEPORT, default 1)")
     serve.add_argument("--data-dir", default="session-store-data",
                        help="folder for the embedded Redis's data (default ./session-store-data)")
+    admin.add_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return admin.run(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

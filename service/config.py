@@ -30,8 +30,9 @@ class ServiceSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     api_keys: list[str] = msgspec.field(default_factory=list)
     session_cookie: str = "session"
     trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    # How long an expired record stays, answering session_expired, seconds.
-    expiry_grace: int = 600
+    # How long an expired record stays before Redis drops it, seconds. The
+    # session's marker answers session_expired after that.
+    expiry_grace: int = 60
     # How long the device registry remembers a device after its last use, seconds.
     device_retention: int = 90 * 86400
     # Deadline for one Redis call, seconds; past it the request gets 503.

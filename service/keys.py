@@ -18,7 +18,7 @@ class UserKeys(msgspec.Struct, frozen=True):
     index: str
     devices: str
     session_prefix: str
-    marker_prefix: str
+    markers: str
     events: str
     creations: str
     failures_prefix: str
@@ -26,12 +26,9 @@ class UserKeys(msgspec.Struct, frozen=True):
     def session(self, sid: str) -> str:
         return self.session_prefix + sid
 
-    def marker(self, sid: str) -> str:
-        return self.marker_prefix + sid
-
     def script_keys(self) -> list[str]:
         """Return KEYS for every script, in the order lua/_prelude.lua reads them."""
-        return [self.index, self.devices, self.session_prefix, self.marker_prefix,
+        return [self.index, self.devices, self.session_prefix, self.markers,
                 self.events, self.creations, self.failures_prefix]
 
 
@@ -41,7 +38,7 @@ def user_keys(prefix: str, tag: str) -> UserKeys:
         index=base + "i",
         devices=base + "d",
         session_prefix=base + "s:",
-        marker_prefix=base + "r:",
+        markers=base + "x",
         events=base + "e",
         creations=base + "c",
         failures_prefix=base + "f:",

@@ -181,7 +181,8 @@ def _operations_paths() -> dict[str, Any]:
         "/healthz": get("Process is alive", {"200": {"description": "Alive", **json_status}}),
         "/readyz": get("Redis reachable and scripts loaded", {
             "200": {"description": "Ready", **json_status},
-            "503": {"description": "Not ready", **json_status},
+            "503": {"description": "Not ready",
+                    **content("application/problem+json", {"$ref": "#/components/schemas/Problem"})},
         }),
         "/metrics": get("Prometheus metrics", {
             "200": {"description": "Prometheus text format", **content("text/plain", {"type": "string"})},

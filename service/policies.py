@@ -101,8 +101,6 @@ def apply_policy(policy: Policy, body: CreateSessionRequest, client_ip: str, cli
             f"max_lifetime: {max_lifetime_s}s exceeds policy {policy.name}'s "
             f"{format_duration(policy.max_lifetime)}"
         )
-    if max_lifetime_s < window_s:
-        raise InvalidRequest(f"max_lifetime: {max_lifetime_s}s is shorter than expires_in ({window_s}s)")
 
     max_sessions = policy.max_sessions if body.max_sessions is None else body.max_sessions
     if max_sessions > policy.max_sessions:

@@ -106,8 +106,7 @@ async def get_session(request: web.Request) -> web.Response:
     found = await request.app[STORE].read_session(ref)
     if found is None:
         raise NotFound("no live session with that id")
-    record, _ = found
-    return json_response(views.session_item(ref, record))
+    return json_response(views.session_item(*found))
 
 
 async def revoke_session(request: web.Request) -> web.Response:
@@ -122,7 +121,7 @@ async def list_user_sessions(request: web.Request) -> web.Response:
     request.app[API_KEYS].require(request)
     user_id = path_user_id(request)
     sessions, _ = await request.app[STORE].list_sessions(user_id)
-    items = [views.session_item(ref, record) for ref, record in sessions]
+    items = [views.session_item(*session) for session in sessions]
     return json_response({"sessions": items, "device_count": len(items)})
 
 
@@ -175,9 +174,9 @@ async def my_sessions(request: web.Request) -> web.Response:
     current = await current_session(request, mode=MODE_CHECK)
     sessions, _ = await request.app[STORE].list_sessions(current.record.user_id)
     items = []
-    for ref, record in sessions:
-        item = views.session_item(ref, record)
-        item["current"] = ref == current.ref
+    for session in sessions:
+        item = views.session_item(*session)
+        item["current"] = session.ref == current.ref
         items.append(item)
     return json_response({"sessions": items, "device_count": len(items)})
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 import redis.exceptions
@@ -97,6 +97,13 @@ class Validation(msgspec.Struct, kw_only=True):
     now_ms: int
     extended: bool
     device_count: int | None
+
+
+class LiveSession(NamedTuple):
+    ref: SessionRef
+    record: SessionRecord
+    # Last activity, ms since the epoch, recorded at most 1 s late.
+    last_active_ms: int
 
 
 class ClientContext(msgspec.Struct, frozen=True):
@@ -239,20 +246,20 @@ class Store:
             )
         raise _rejection(status, reply)
 
-    async def read_session(self, ref: SessionRef) -> tuple[SessionRecord, int] | None:
-        """Return a live session's record and the Redis time in ms, or None."""
+    async def read_session(self, ref: SessionRef) -> LiveSession | None:
+        """Return a live session, or None."""
         status, reply = await self._run(self.scripts.read_session, ref.tag, [ref.sid])
         if status != Status.OK:
             return None
-        return decode_session(reply[0]), reply[1]
+        return LiveSession(ref, decode_session(reply[0]), reply[2])
 
-    async def list_sessions(self, user_id: str) -> tuple[list[tuple[SessionRef, SessionRecord]], int]:
+    async def list_sessions(self, user_id: str) -> tuple[list[LiveSession], int]:
         """Return the user's live sessions, newest activity first, and the Redis time in ms."""
         tag = user_tag(user_id)
         _, reply = await self._run(self.scripts.list_sessions, tag, [user_id])
         sessions = [
-            (SessionRef(tag, _text(reply[i])), decode_session(reply[i + 1]))
-            for i in range(1, len(reply), 2)
+            LiveSession(SessionRef(tag, _text(reply[i])), decode_session(reply[i + 1]), reply[i + 2])
+            for i in range(1, len(reply), 3)
         ]
         return sessions, reply[0]
 

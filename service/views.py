@@ -31,7 +31,7 @@ def _metadata(record: SessionRecord) -> Any:
     return orjson.loads(record.metadata) if record.metadata else {}
 
 
-def session_item(ref: SessionRef, record: SessionRecord) -> dict[str, Any]:
+def session_item(ref: SessionRef, record: SessionRecord, last_active_ms: int) -> dict[str, Any]:
     """Build a session item as the lists and GET /v1/sessions/{id} return it."""
     return {
         "session_id": ref.session_id,
@@ -43,7 +43,7 @@ def session_item(ref: SessionRef, record: SessionRecord) -> dict[str, Any]:
             "trusted": record.trusted == 1,
         },
         "created_at": rfc3339(record.created_ms),
-        "last_active_at": rfc3339(record.last_active_ms),
+        "last_active_at": rfc3339(last_active_ms),
         "expires_at": rfc3339(record.expires_ms),
         "max_expires_at": rfc3339(record.max_expires_ms),
         "expires_in": record.window_ms // 1000,

@@ -685,13 +685,13 @@ def secret_forms(token: str) -> dict[str, bytes]:
 
 
 def expected_keys(created: list[dict[str, Any]]) -> set[bytes]:
-    """Return keys the exercise must have left: a record, a revocation marker and the global stream."""
+    """Return keys the exercise must have left: a record, the markers hash and the global stream."""
     live = parse_session_id(created[0]["session_id"])
     signed_out = parse_session_id(created[1]["session_id"])
     assert live is not None
     assert signed_out is not None
     return {f"{KEY_PREFIX}{{{live.tag}}}:s:{live.sid}".encode(),
-            f"{KEY_PREFIX}{{{signed_out.tag}}}:r:{signed_out.sid}".encode(),
+            f"{KEY_PREFIX}{{{signed_out.tag}}}:x".encode(),
             f"{KEY_PREFIX}events".encode()}
 
 

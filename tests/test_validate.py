@@ -27,6 +27,7 @@ GRACE_MS = 5_000
 # The default service.device_retention, which TEST_CONFIG does not change.
 DEVICE_RETENTION_MS = 90 * 86_400 * 1000
 EVENT_RETENTION_MS = 30 * 86_400_000
+MAX_LIFETIME_MS = 30 * 86_400_000
 KEY_PREFIX = "ss:"
 WWW_AUTHENTICATE = 'Bearer error="invalid_token"'
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "code"}
@@ -325,7 +326,8 @@ async def ttl_excess(redis: aioredis.Redis, keys: UserKeys,
     """Return (key, PTTL) of every session key of the user that has no TTL or
     expires after max_expires_at + grace. The device registry, event stream
     and creation counter are per-user keys with their own retention."""
-    per_user = {keys.devices.encode(), keys.events.encode(), keys.creations.encode()}
+    per_user = {keys.devices.encode(), keys.events.encode(), keys.creations.encode(),
+                keys.markers.encode()}
     names = [k for k in await all_keys(redis, f"{keys.index[:-1]}*") if k not in per_user]
     # TIME is read before PTTL, so now_ms + PTTL never overstates a key's expiry
     # time. (A cluster client refuses TIME inside a pipeline.)
@@ -427,9 +429,12 @@ async def test_validate_key_ttls_within_window(api: Api, redis: aioredis.Redis, 
     # Per-user keys with their own documented retention: the device
     # registry, the event stream and the one-minute creation counter. The
     # global event stream is capped in length and has no TTL.
-    per_user = {keys.devices.encode(), keys.events.encode(), keys.creations.encode()}
+    per_user = {keys.devices.encode(), keys.events.encode(), keys.creations.encode(),
+                keys.markers.encode()}
     # The global event stream is written in the background and may not exist yet.
     assert found - {b"ss:events"} == {keys.session(sid).encode(), keys.index.encode(), *per_user}
+    # The markers hash answers session_expired and session_revoked until max_expires_at.
+    assert 0 < ttls[keys.markers.encode()] <= MAX_LIFETIME_MS
     assert 0 < ttls[keys.session(sid).encode()] <= (window_s * 1000 + GRACE_MS)
     assert 0 < ttls[keys.index.encode()] <= (window_s * 1000 + GRACE_MS)
     assert 0 < ttls[keys.devices.encode()] <= DEVICE_RETENTION_MS
@@ -478,7 +483,9 @@ async def test_validate_revoke_under_concurrent_load(make_service: ServiceFactor
     assert [s for s in samples if s.status not in (200, 401)] == []
 
     remaining = {key for key in await all_keys(redis) if sid.encode() in key}
-    assert remaining == {keys.marker(sid).encode()}
+    assert remaining == set()
+    # Only the marker is left, a field of the user's markers hash.
+    assert await redis.hexists(keys.markers, sid)
     assert await redis.zscore(keys.index, sid) is None
     devices = await redis.hgetall(keys.devices)
     assert [entry for entry in devices.values() if sid.encode() in entry] == []
