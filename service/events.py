@@ -12,7 +12,10 @@ still has the event.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -23,8 +26,11 @@ from service.views import rfc3339
 
 logger = logging.getLogger("session_store.events")
 
-# Mirror writes in flight at once; past this, copies are dropped and logged.
-_MAX_PENDING_MIRRORS = 1000
+# Copies waiting for the global stream; past this, new ones are dropped.
+_MAX_QUEUED_COPIES = 10_000
+# Copies sent per pipelined round trip.
+_BATCH = 500
+_WARNING_INTERVAL_S = 10.0
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -78,40 +84,77 @@ def decode_emitted(tag: str, emitted: list[list[Any]]) -> list[Event]:
 
 
 class EventMirror:
-    """Copies events into the global stream in the background."""
+    """Copies events into the global stream from one background task.
+
+    Events wait in a bounded queue and leave in batches, one pipelined
+    round trip per batch, so a burst of sign-ins costs the global stream a
+    few writes instead of one call each. When the queue is full, copies
+    are dropped and counted, and a warning is logged at most every 10 s.
+    """
 
     def __init__(self, store: Any, max_length: int) -> None:
         self.store = store
         self.max_length = max_length
-        self._pending: set[asyncio.Task[None]] = set()
+        self._queue: collections.deque[Event] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._dropped = 0
+        self._failed = 0
+        self._last_warning_s = 0.0
 
     def publish(self, events: list[Event]) -> None:
-        if len(self._pending) >= _MAX_PENDING_MIRRORS:
-            logger.warning("global event stream is behind; dropped %d event copies", len(events))
-            return
-        task = asyncio.ensure_future(self._write(events))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        room = _MAX_QUEUED_COPIES - len(self._queue)
+        self._queue.extend(events[:room])
+        self._dropped += max(0, len(events) - room)
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._run())
+        self._wakeup.set()
 
-    async def _write(self, events: list[Event]) -> None:
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), _BATCH))]
+                await self._write(batch)
+            self._warn_if_lossy()
+
+    async def _write(self, batch: list[Event]) -> None:
         key = global_events_key(self.store.key_prefix)
-        for event in events:
-            fields = {
-                "user_event_id": event.id, "type": event.type, "user_id": event.user_id,
-                "session_id": event.session_id or "", "device_id": event.device_id or "",
-                "detail": msgspec.json.encode(event.detail),
-            }
-            try:
-                await self.store.call(self.store.client.xadd(
-                    key, fields, maxlen=self.max_length, approximate=False))
-            except Exception:  # noqa: BLE001 - a lost copy must never fail the request
-                logger.warning("could not copy event %s to the global stream", event.type)
-                return
+        try:
+            async with self.store.client.pipeline(transaction=False) as pipe:
+                for event in batch:
+                    pipe.xadd(key, _fields(event), maxlen=self.max_length, approximate=False)
+                await self.store.call(pipe.execute())
+        except Exception:  # noqa: BLE001 - a lost copy must never stop the writer
+            self._failed += len(batch)
+
+    def _warn_if_lossy(self) -> None:
+        now_s = time.monotonic()
+        if not (self._dropped or self._failed) or now_s - self._last_warning_s < _WARNING_INTERVAL_S:
+            return
+        logger.warning("global event stream: %d copies dropped (queue full), %d failed to write",
+                       self._dropped, self._failed)
+        self._dropped = self._failed = 0
+        self._last_warning_s = now_s
 
     async def drain(self) -> None:
-        """Wait for copies in flight, at shutdown."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Write what is queued and stop the writer, at shutdown."""
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), _BATCH))]
+            await self._write(batch)
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+
+def _fields(event: Event) -> dict[str, str | bytes]:
+    return {
+        "user_event_id": event.id, "type": event.type, "user_id": event.user_id,
+        "session_id": event.session_id or "", "device_id": event.device_id or "",
+        "detail": msgspec.json.encode(event.detail),
+    }
 
 
 def _session_id(tag: str, sid: bytes | str) -> str | None:
