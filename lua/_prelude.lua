@@ -6,14 +6,15 @@
   user's hash tag {tag}:
     KEYS[1]  <p>{tag}:i    sorted set  user index: sid -> last activity (ms)
     KEYS[2]  <p>{tag}:d    hash        device registry: device id -> entry
-    KEYS[3]  <p>{tag}:s:   prefix      session record key = KEYS[3] .. sid
+    KEYS[3]  <p>{tag}:s    hash        session records: sid -> record
     KEYS[4]  <p>{tag}:x    hash        ended-session markers: sid -> marker
     KEYS[5]  <p>{tag}:e    list        the user's events; also the pub/sub
                                        channel that announces new ones
     KEYS[6]  <p>{tag}:c    string      session creations in the current minute
     KEYS[7]  <p>{tag}:f:   prefix      wrong-secret counter key = KEYS[7] .. sid
-  A key built from a prefix hashes to the same slot as the prefix, so a
-  script never leaves the slot it was routed to on Redis Cluster.
+  A script touches no other key: on Redis Cluster every key is declared,
+  so a slot being migrated answers ASK or TRYAGAIN instead of letting a
+  script see half of a user's keys.
 
   And the same first ARGV:
     ARGV[1]  grace_ms              an expired record is kept this long, ms
@@ -22,8 +23,8 @@
     ARGV[4]  device_retention_ms   the registry expires this long after its last write
   Script-specific arguments start at ARGV[5].
 
-  Session record: a MessagePack array kept as a Redis string. The F_*
-  locals name its positions; service/records.py decodes the same layout.
+  Session record: a MessagePack array, one field of the user's sessions
+  hash. The F_* locals name its positions; service/records.py decodes the same layout.
   Every time is integer milliseconds since the Unix epoch, read from the
   Redis server's clock.
 
@@ -100,7 +101,7 @@ local ID_COLLISION = 8
 local RATE_LIMITED = 9
 
 local k = {
-  index = KEYS[1], devices = KEYS[2], session_prefix = KEYS[3], markers = KEYS[4],
+  index = KEYS[1], devices = KEYS[2], sessions = KEYS[3], markers = KEYS[4],
   events = KEYS[5], creations = KEYS[6], failures_prefix = KEYS[7],
 }
 -- The user's tag, between the braces of every key; "sess_" .. tag .. sid
@@ -159,20 +160,15 @@ local function reply(status, ...)
   return {status, emitted, ...}
 end
 
+-- Every script judges expiry against this one reading of the server clock.
+local now_ms = server_time_ms()
+
 local function read_record(sid)
-  local raw = redis.call('GET', k.session_prefix .. sid)
+  local raw = redis.call('HGET', k.sessions, sid)
   if not raw then
     return nil
   end
   return cmsgpack.unpack(raw)
-end
-
--- The record outlives expires_at by grace_ms, so that an expired token
--- still gets session_expired for a while instead of invalid_token.
-local function write_record(sid, record)
-  local raw = cmsgpack.pack(record)
-  redis.call('SET', k.session_prefix .. sid, raw, 'PXAT', record[F_EXPIRES_MS] + grace_ms)
-  return raw
 end
 
 -- Push a key's expiry out to at_ms, never pull it in: several sessions
@@ -182,6 +178,15 @@ local function expire_not_before(key, at_ms, now_ms)
   if ttl_ms < 0 or now_ms + ttl_ms < at_ms then
     redis.call('PEXPIREAT', key, at_ms)
   end
+end
+
+-- The sessions hash outlives the latest expires_at among its records by
+-- grace_ms; records of expired sessions are dropped as they are noticed.
+local function write_record(sid, record)
+  local raw = cmsgpack.pack(record)
+  redis.call('HSET', k.sessions, sid, raw)
+  expire_not_before(k.sessions, record[F_EXPIRES_MS] + grace_ms, now_ms)
+  return raw
 end
 
 local function read_device(device_id)
@@ -246,7 +251,8 @@ end
   gets session_revoked) and emit event_type.
 ]]
 local function end_session(sid, record, now_ms, event_type, detail_json)
-  redis.call('DEL', k.session_prefix .. sid, k.failures_prefix .. sid)
+  redis.call('HDEL', k.sessions, sid)
+  redis.call('DEL', k.failures_prefix .. sid)
   redis.call('ZREM', k.index, sid)
 
   local device_id = record[F_DEVICE_ID]
@@ -300,6 +306,9 @@ local function live_sessions(user_id, now_ms)
         live[#live + 1] = {sid, record, tonumber(entries[i + 1])}
       else
         note_expired(sid, record)
+        if record[F_EXPIRES_MS] + grace_ms <= now_ms then
+          redis.call('HDEL', k.sessions, sid)
+        end
       end
     end
   end

@@ -32,8 +32,8 @@
            {DEVICE_NOT_TRUSTED, events}         policy needs trust, device lacks it
            {RATE_LIMITED, events, retry_after_ms}  too many creations this minute
            {ID_COLLISION, events}               sid already used; retry with another
-  Writes   the record (PXAT expires + grace), the index (PEXPIREAT at least
-           expires + grace), the session's marker, the device entry, the
+  Writes   the record (the sessions hash and the index expire no earlier
+           than expires + grace), the session's marker, the device entry, the
            creation counter (60 s window); ends replaced and evicted
            sessions; emits
            session_created, session_replaced, session_evicted, new_device,
@@ -59,8 +59,7 @@ local requires_trusted = ARGV[21] == '1'
 local actions = ARGV[22]
 local max_creates_per_minute = tonumber(ARGV[23])
 
-local now_ms = server_time_ms()
-if redis.call('EXISTS', k.session_prefix .. sid) > 0 or redis.call('HEXISTS', k.markers, sid) == 1 then
+if redis.call('HEXISTS', k.sessions, sid) == 1 or redis.call('HEXISTS', k.markers, sid) == 1 then
   return reply(ID_COLLISION)
 end
 

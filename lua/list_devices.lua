@@ -11,7 +11,6 @@
 ]]
 local user_id = ARGV[5]
 
-local now_ms = server_time_ms()
 local out = reply(OK)
 local entries = redis.call('HGETALL', k.devices)
 for i = 1, #entries, 2 do

@@ -15,7 +15,6 @@
 ]]
 local user_id = ARGV[5]
 
-local now_ms = server_time_ms()
 local live = live_sessions(user_id, now_ms)
 
 -- Appended one by one: unpack() of a long list would overflow Lua's stack.

@@ -11,7 +11,6 @@
 ]]
 local sid = ARGV[5]
 
-local now_ms = server_time_ms()
 local record = read_record(sid)
 if not record or record[F_EXPIRES_MS] <= now_ms then
   return reply(NOT_FOUND)

@@ -19,7 +19,6 @@ local sid = ARGV[5]
 local user_id = ARGV[6]
 local reason = ARGV[7]
 
-local now_ms = server_time_ms()
 local record = read_record(sid)
 if not record or record[F_EXPIRES_MS] <= now_ms then
   return reply(NOT_FOUND)

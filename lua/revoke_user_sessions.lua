@@ -16,7 +16,6 @@ local user_id = ARGV[5]
 local except_sid = ARGV[6]
 local detail = cjson.encode({reason = ARGV[7]})
 
-local now_ms = server_time_ms()
 local out = reply(OK)
 for _, entry in ipairs(live_sessions(user_id, now_ms)) do
   local sid = entry[1]

@@ -17,7 +17,6 @@ local user_id = ARGV[5]
 local device_id = ARGV[6]
 local trusted = tonumber(ARGV[7])
 
-local now_ms = server_time_ms()
 local device = read_device(device_id)
 if not device then
   return reply(NOT_FOUND)

@@ -30,8 +30,8 @@
            {REVOKED, events}         revoked, replaced or evicted
            {REAUTH_REQUIRED, events} an anomaly demands a new sign-in
   Writes   on activity (modes 1 and 2): the index score, at most once a
-           second (or per 1 % of the window when shorter). On extension: the record (PXAT expires + grace), the
-           index TTL, the device's last_seen. On anomalies:
+           second (or per 1 % of the window when shorter). On extension: the record, the TTLs of the sessions
+           hash and the index (at least expires + grace), the device's last_seen. On anomalies:
            events, the wrong-secret counter, the record's flags, or the
            end of sessions, as the policy's actions say.
            Time from redis.call('TIME').
@@ -46,7 +46,6 @@ local user_agent = ARGV[11]
 local failure_window_ms = tonumber(ARGV[12])
 local failure_threshold = tonumber(ARGV[13])
 
-local now_ms = server_time_ms()
 
 -- A revoked session's token: apply the policy's reuse action to every
 -- session of the user, since a replayed token suggests it was stolen.

@@ -101,6 +101,7 @@ class EventMirror:
         self._dropped = 0
         self._failed = 0
         self._last_warning_s = 0.0
+        self._closing = False
 
     def publish(self, events: list[Event]) -> None:
         room = _MAX_QUEUED_COPIES - len(self._queue)
@@ -111,7 +112,7 @@ class EventMirror:
         self._wakeup.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
@@ -139,14 +140,12 @@ class EventMirror:
         self._last_warning_s = now_s
 
     async def drain(self) -> None:
-        """Write what is queued and stop the writer, at shutdown."""
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), _BATCH))]
-            await self._write(batch)
+        """Write what is queued and stop the writer, at shutdown (at most 5 s)."""
+        self._closing = True
+        self._wakeup.set()
         if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._writer, timeout=5.0)
 
 
 def _fields(event: Event) -> dict[str, str | bytes]:

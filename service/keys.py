@@ -17,18 +17,15 @@ class UserKeys(msgspec.Struct, frozen=True):
 
     index: str
     devices: str
-    session_prefix: str
+    sessions: str
     markers: str
     events: str
     creations: str
     failures_prefix: str
 
-    def session(self, sid: str) -> str:
-        return self.session_prefix + sid
-
     def script_keys(self) -> list[str]:
         """Return KEYS for every script, in the order lua/_prelude.lua reads them."""
-        return [self.index, self.devices, self.session_prefix, self.markers,
+        return [self.index, self.devices, self.sessions, self.markers,
                 self.events, self.creations, self.failures_prefix]
 
 
@@ -37,7 +34,7 @@ def user_keys(prefix: str, tag: str) -> UserKeys:
     return UserKeys(
         index=base + "i",
         devices=base + "d",
-        session_prefix=base + "s:",
+        sessions=base + "s",
         markers=base + "x",
         events=base + "e",
         creations=base + "c",

@@ -690,7 +690,7 @@ def expected_keys(created: list[dict[str, Any]]) -> set[bytes]:
     signed_out = parse_session_id(created[1]["session_id"])
     assert live is not None
     assert signed_out is not None
-    return {f"{KEY_PREFIX}{{{live.tag}}}:s:{live.sid}".encode(),
+    return {f"{KEY_PREFIX}{{{live.tag}}}:s".encode(),
             f"{KEY_PREFIX}{{{signed_out.tag}}}:x".encode(),
             f"{KEY_PREFIX}events".encode()}
 
@@ -749,7 +749,7 @@ async def test_stored_secret_is_hash_prefix(api: Api, redis: aioredis.Redis) -> 
     ref = parse_session_id(created["session_id"])
     secret = secret_of(created["token"])
 
-    raw = await redis.get(f"{KEY_PREFIX}{{{ref.tag}}}:s:{ref.sid}")
+    raw = await redis.hget(f"{KEY_PREFIX}{{{ref.tag}}}:s", ref.sid)
     stored = bytes(decode_session(raw).secret_hash)
 
     # msgspec.Raw keeps the MessagePack header: 0xb0 is a 16-byte string.

@@ -55,7 +55,7 @@ def session_keys(session_id: str) -> tuple[UserKeys, str]:
 
 async def raw_record(redis: aioredis.Redis, session_id: str) -> bytes | None:
     keys, sid = session_keys(session_id)
-    return await redis.get(keys.session(sid))
+    return await redis.hget(keys.sessions, sid)
 
 
 async def read_record(redis: aioredis.Redis, session_id: str) -> SessionRecord:
@@ -373,15 +373,15 @@ async def test_validate_throttles_extension_writes(api: Api, redis: aioredis.Red
     created = await api.create(policy="standard", expires_in="1h")
     keys, sid = session_keys(created["session_id"])
     first_status, _, _ = await api.validate(created["token"])
-    after_first = await redis.get(keys.session(sid))
-    ttl_after_first = await redis.pttl(keys.session(sid))
+    after_first = await redis.hget(keys.sessions, sid)
+    ttl_after_first = await redis.pttl(keys.sessions)
 
     second_status, _, _ = await api.validate(created["token"])
 
     assert first_status == 200
     assert second_status == 200
-    assert await redis.get(keys.session(sid)) == after_first
-    assert await redis.pttl(keys.session(sid)) <= ttl_after_first
+    assert await redis.hget(keys.sessions, sid) == after_first
+    assert await redis.pttl(keys.sessions) <= ttl_after_first
 
 
 # -- the deadline itself -------------------------------------------------------
@@ -432,10 +432,10 @@ async def test_validate_key_ttls_within_window(api: Api, redis: aioredis.Redis, 
     per_user = {keys.devices.encode(), keys.events.encode(), keys.creations.encode(),
                 keys.markers.encode()}
     # The global event stream is written in the background and may not exist yet.
-    assert found - {b"ss:events"} == {keys.session(sid).encode(), keys.index.encode(), *per_user}
+    assert found - {b"ss:events"} == {keys.sessions.encode(), keys.index.encode(), *per_user}
     # The markers hash answers session_expired and session_revoked until max_expires_at.
     assert 0 < ttls[keys.markers.encode()] <= MAX_LIFETIME_MS
-    assert 0 < ttls[keys.session(sid).encode()] <= (window_s * 1000 + GRACE_MS)
+    assert 0 < ttls[keys.sessions.encode()] <= (window_s * 1000 + GRACE_MS)
     assert 0 < ttls[keys.index.encode()] <= (window_s * 1000 + GRACE_MS)
     assert 0 < ttls[keys.devices.encode()] <= DEVICE_RETENTION_MS
     assert 0 < ttls[keys.events.encode()] <= EVENT_RETENTION_MS
@@ -484,6 +484,7 @@ async def test_validate_revoke_under_concurrent_load(make_service: ServiceFactor
 
     remaining = {key for key in await all_keys(redis) if sid.encode() in key}
     assert remaining == set()
+    assert not await redis.hexists(keys.sessions, sid)
     # Only the marker is left, a field of the user's markers hash.
     assert await redis.hexists(keys.markers, sid)
     assert await redis.zscore(keys.index, sid) is None
