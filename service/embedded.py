@@ -65,6 +65,10 @@ class EmbeddedRedis:
             # second of writes, and a restart restores every session.
             "--appendonly", "yes", "--appendfsync", "everysec",
             "--save", "", "--protected-mode", "yes",
+            # Session records are 150 to 400 bytes: above the default 64 a
+            # user's sessions hash switches to a hash table that costs
+            # about twice the memory.
+            "--hash-max-ziplist-value", "1024",
             "--logfile", "redis.log", "--daemonize", "no",
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

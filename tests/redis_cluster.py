@@ -72,7 +72,7 @@ class RedisCluster:
             [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", "2000", "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--logfile", "redis.log"],
+             "--save", "", "--logfile", "redis.log", "--hash-max-ziplist-value", "1024"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_for_pong(port)

@@ -27,7 +27,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [find_redis_server(), "--bind", "127.0.0.1", "--port", str(self.port),
              "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--logfile", "redis.log"],
+             "--save", "", "--logfile", "redis.log", "--hash-max-ziplist-value", "1024"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_for_pong()
