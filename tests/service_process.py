@@ -41,6 +41,9 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        # A process still running from an earlier start would be orphaned.
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
         args = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--redis-url", self.redis_url]
         if self.config_path is not None:
