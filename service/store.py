@@ -122,6 +122,7 @@ class Store:
         # Script calls go through the auto-pipelining connection when there
         # is one (single node); redis-py's client serves everything else.
         self.pipelined = pipelined
+        self._in_flight = asyncio.Semaphore(settings.redis_max_connections)
         self.scripts = Scripts(client)
         self.key_prefix = settings.key_prefix
         self.timeout_s = settings.redis_timeout
@@ -163,10 +164,19 @@ class Store:
             # The pipelined connection enforces the deadline itself.
             reply = await self.call(self._evalsha_pipelined(script, keys, full_args), deadline=False)
         else:
-            reply = await self.call(script(keys=keys, args=full_args))
+            reply = await self.call(self._limited(script(keys=keys, args=full_args)))
         if reply[1]:
             self.mirror.publish(decode_emitted(tag, reply[1]))
         return reply[0], reply[2:]
+
+    async def _limited(self, awaitable: Awaitable[T]) -> T:
+        """Wait for one of redis_max_connections slots, then await (inside the deadline).
+
+        redis-py's cluster client fails at once with MaxConnectionsError when
+        a node's pool is empty; waiting here queues the call instead.
+        """
+        async with self._in_flight:
+            return await awaitable
 
     async def _evalsha_pipelined(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA on the shared pipelined connection; load the script once on NOSCRIPT."""
