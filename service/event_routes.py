@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
 import orjson
@@ -15,6 +16,8 @@ from service.routes import current_session, path_user_id
 from service.state import API_KEYS, EVENT_HUB, SETTINGS, STORE
 from service.store import MODE_CHECK
 from service.tokens import user_tag
+
+logger = logging.getLogger("session_store.events")
 
 _STREAM_ID = re.compile(r"\A[0-9]{1,20}-[0-9]{1,20}\Z")
 _DEFAULT_LIMIT = 100
@@ -62,6 +65,9 @@ async def my_events(request: web.Request) -> web.StreamResponse:
     last_id = _cursor(request.headers.get("Last-Event-ID"), "Last-Event-ID")
     if not last_id:
         last_id = await store.last_event_id(user_id)
+        # A revoke between the first check and reading the newest id would
+        # otherwise wait for the next heartbeat to be noticed.
+        await current_session(request, mode=MODE_CHECK)
 
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no",
@@ -69,8 +75,12 @@ async def my_events(request: web.Request) -> web.StreamResponse:
     channel = store.keys_for(user_tag(user_id)).events
     async with request.app[EVENT_HUB].listen(channel) as waker:
         await response.prepare(request)
-        await response.write(b"retry: 1000\n\n")
-        await _pump(request, response, waker, current.ref.session_id, user_id, last_id)
+        try:
+            await response.write(b"retry: 1000\n\n")
+            await _pump(request, response, waker, current.ref.session_id, user_id, last_id)
+        except ConnectionError:
+            # The client went away; aiohttp raises this on the next write.
+            logger.debug("event stream client disconnected", extra={"session_id": current.ref.session_id})
     return response
 
 
