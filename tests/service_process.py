@@ -28,8 +28,9 @@ class ServiceProcess:
     """
 
     def __init__(self, redis_url: str, log_path: Path, *, config_path: Path | None = None,
-                 api_keys: str | None = None) -> None:
+                 api_keys: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.redis_url = redis_url
+        self.extra_args = extra_args
         self.log_path = log_path
         self.config_path = config_path
         self.api_keys = api_keys
@@ -48,6 +49,7 @@ class ServiceProcess:
                 "--port", str(self.port), "--redis-url", self.redis_url]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
+        args += self.extra_args
         environ = {name: value for name, value in os.environ.items()
                    if name not in (API_KEYS_ENV, REDIS_URL_ENV)}
         if self.api_keys is not None:
