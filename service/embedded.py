@@ -46,6 +46,10 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child on 127.0.0.1 with its data in data_dir."""
 
+    # AOF with one fsync a second: a crash loses at most about one second
+    # of writes, and a restart restores every session.
+    appendfsync = "everysec"
+
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
@@ -61,9 +65,7 @@ class EmbeddedRedis:
         args = [
             binary, "--bind", "127.0.0.1", "--port", str(self.port),
             "--dir", str(self.data_dir.resolve()),
-            # AOF with one fsync a second: a crash loses at most about one
-            # second of writes, and a restart restores every session.
-            "--appendonly", "yes", "--appendfsync", "everysec",
+            "--appendonly", "yes", "--appendfsync", self.appendfsync,
             "--save", "", "--protected-mode", "yes",
             # Session records are 150 to 400 bytes: above the default 64 a
             # user's sessions hash switches to a hash table that costs
