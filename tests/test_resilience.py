@@ -236,3 +236,52 @@ async def test_service_process_restart_keeps_sessions(redis: aioredis.Redis, red
     assert body["session_id"] == created["session_id"]
     assert body["expires_at"] == created["expires_at"]
     assert second_exit == 0
+
+
+async def pause_redis(redis: Any, ms: int) -> None:
+    """Delay every client's commands for ms, on every node of a cluster."""
+    if isinstance(redis, RedisClusterClient):
+        await redis.execute_command("CLIENT", "PAUSE", ms, "ALL", target_nodes=RedisClusterClient.ALL_NODES)
+    else:
+        await redis.execute_command("CLIENT", "PAUSE", ms, "ALL")
+
+
+async def test_exhausted_connections_answer_503_in_time(make_service: ServiceFactory,
+                                                        redis: aioredis.Redis) -> None:
+    config = copy.deepcopy(TEST_CONFIG)
+    config["service"].update({"redis_timeout": 0.5, "redis_max_connections": 2})
+    api = await make_service(config)
+    session = await api.create("u-pool", "dev-1")
+
+    await pause_redis(redis, 1500)
+    started = time.monotonic()
+    results = await asyncio.gather(*(api.validate(session["token"]) for _ in range(60)))
+    elapsed_s = time.monotonic() - started
+    await asyncio.sleep(1.2)
+    after, _, _ = await api.validate(session["token"])
+
+    # Sixty callers on two connections: none waits past the deadline, none is
+    # told the session is valid without the store.
+    assert {outcome(result) for result in results} == {(503, "store_unavailable")}
+    assert elapsed_s < 1.5
+    assert after == 200
+
+
+async def test_debug_sleep_answers_503_in_time(make_service: ServiceFactory, redis: aioredis.Redis,
+                                               redis_server: RedisServer) -> None:
+    config = copy.deepcopy(TEST_CONFIG)
+    config["service"]["redis_timeout"] = 0.5
+    api = await make_service(config)
+    session = await api.create("u-sleep", "dev-1")
+
+    sleeper = asyncio.create_task(redis.execute_command("DEBUG", "SLEEP", "1.5"))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    during = await api.validate(session["token"])
+    elapsed_s = time.monotonic() - started
+    await sleeper
+    after, _, _ = await api.validate(session["token"])
+
+    assert outcome(during) == (503, "store_unavailable")
+    assert elapsed_s < 1.2
+    assert after == 200
