@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from service import device_routes, event_routes, protocol, routes
 from service.auth import ApiKeys
@@ -26,9 +26,11 @@ from service.errors import (
     problem,
 )
 from service.event_hub import EventHub
-from service.metrics import HTTP_DURATION, HTTP_REQUESTS, REGISTRY, STORE_ERRORS, VALIDATIONS
+from service.live_estimate import LiveEstimator
+from service.metrics import HTTP_DURATION, HTTP_REQUESTS, VALIDATIONS, base_registry
 from service.openapi import openapi_document
 from service.pipeline import PipelinedConnection
+from service.readiness import Readiness
 from service.redis_client import create_client
 from service.state import API_KEYS, EVENT_HUB, REQUEST_SESSION_ID, REQUEST_USER_ID, SETTINGS, STORE
 from service.store import Store
@@ -136,14 +138,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _count_error(request: web.Request, error: ServiceError) -> None:
-    if isinstance(error, StoreUnavailable):
-        STORE_ERRORS.inc()
     if isinstance(error, TokenRejected | StoreUnavailable) and request.path == "/v1/validate":
         VALIDATIONS.labels(error.code).inc()
 
 
 _request_counters: dict[tuple[str, str, int], Any] = {}
-_request_timers: dict[tuple[str, str], Any] = {}
+_request_timers: dict[tuple[str, str, int], Any] = {}
 
 
 def _record(request: web.Request, status: int, duration_s: float, request_id: str,
@@ -155,9 +155,9 @@ def _record(request: web.Request, status: int, duration_s: float, request_id: st
     if counter is None:
         counter = _request_counters[counter_key] = HTTP_REQUESTS.labels(route, request.method, str(status))
     counter.inc()
-    timer = _request_timers.get(counter_key[:2])
+    timer = _request_timers.get(counter_key)
     if timer is None:
-        timer = _request_timers[counter_key[:2]] = HTTP_DURATION.labels(route, request.method)
+        timer = _request_timers[counter_key] = HTTP_DURATION.labels(route, request.method, str(status))
     timer.observe(duration_s)
     if status == 200 and route == "/v1/validate":
         VALIDATIONS_VALID.inc()
@@ -178,6 +178,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    readiness = request.app[READINESS]
+    if not readiness.ready:
+        return _problem_response(StoreUnavailable(
+            f"the session store is not ready: Redis has not answered since start-up "
+            f"(failed attempts: {readiness.attempts})"))
     store = request.app[STORE]
     try:
         await store.ping()
@@ -190,8 +195,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(REGISTRY),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """Expose the counters and histograms (every worker's with --workers N) and the live estimates."""
+    estimator = request.app[LIVE_ESTIMATOR]
+    await estimator.refresh()
+    body = generate_latest(request.app[METRICS_REGISTRY]) + generate_latest(request.app[ESTIMATE_REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -199,6 +207,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 OPENAPI = web.AppKey("openapi", dict)
+READINESS = web.AppKey("readiness", Readiness)
+LIVE_ESTIMATOR = web.AppKey("live_estimator", LiveEstimator)
+METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+ESTIMATE_REGISTRY = web.AppKey("estimate_registry", CollectorRegistry)
 
 
 def _first_node_url(redis_url: str) -> str:
@@ -214,6 +226,7 @@ def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> 
     app[SETTINGS] = settings
     app[API_KEYS] = ApiKeys(settings.service.api_keys)
     app[OPENAPI] = openapi_document(ROUTES)
+    app[METRICS_REGISTRY] = base_registry()
 
     for method, path, handler in ROUTES:
         app.router.add_route(method, _routing_pattern(path), handler)
@@ -228,7 +241,13 @@ def create_app(settings: Settings, redis_url: str, *, cluster: bool = False) -> 
         pipelined = None if cluster else PipelinedConnection(redis_url, timeout_s=service.redis_timeout)
         store = app[STORE] = Store(client, service, pipelined)
         hub = app[EVENT_HUB] = EventHub(_first_node_url(redis_url))
+        estimator = app[LIVE_ESTIMATOR] = LiveEstimator(store, cluster=cluster)
+        app[ESTIMATE_REGISTRY] = CollectorRegistry(auto_describe=True)
+        app[ESTIMATE_REGISTRY].register(estimator)
+        readiness = app[READINESS] = Readiness(store)
+        await readiness.start()
         yield
+        await readiness.stop()
         await hub.close()
         await store.mirror.drain()
         if pipelined is not None:

@@ -6,14 +6,16 @@ import argparse
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from service import __version__, admin
 from service.config import REDIS_URL_ENV, ConfigError, Settings, load_settings
-from service.logs import configure_logging
+from service.logs import configure_logging, redact_url
 
 logger = logging.getLogger("session_store.cli")
 
@@ -21,6 +23,9 @@ logger = logging.getLogger("session_store.cli")
 SHUTDOWN_TIMEOUT_S = 10.0
 # A worker that keeps crashing is restarted at most this often, seconds.
 RESTART_BACKOFF_S = 1.0
+# prometheus-client's multi-process folder variable. A process reads it when
+# prometheus_client is first imported, so workers get it from the supervisor.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,11 +80,19 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         embedded.start()
         redis_url = embedded.url
         logger.info("no Redis URL configured: using the embedded redis-server at %s", redis_url)
+    redis_kind = "cluster" if args.redis_cluster else "single"
+    if embedded is not None:
+        redis_kind = "embedded"
+    logger.info("session-store %s starting with %d worker(s), %s Redis at %s", __version__, args.workers,
+                redis_kind, redact_url(redis_url),
+                extra={"version": __version__, "workers": args.workers, "redis_kind": redis_kind,
+                       "redis": redact_url(redis_url), "host": args.host, "port": args.port,
+                       "pid": os.getpid()})
     try:
         if args.workers == 1:
             run_worker(settings, redis_url, args.redis_cluster, args.host, args.port, False)
         else:
-            supervise(settings, redis_url, args)
+            supervise_with_metrics_dir(settings, redis_url, args)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -101,6 +114,22 @@ def run_worker(settings: Settings, redis_url: str, cluster: bool, host: str, por
                 shutdown_timeout=SHUTDOWN_TIMEOUT_S, print=None, access_log=None,
                 loop=uvloop.new_event_loop(), handle_signals=True)
     logger.info("stopped", extra={"pid": os.getpid()})
+
+
+def supervise_with_metrics_dir(settings: Settings, redis_url: str, args: argparse.Namespace) -> None:
+    """Supervise the workers with a private metrics folder, removed when they have stopped.
+
+    Workers inherit PROMETHEUS_MULTIPROC_DIR and write their metric values
+    there, so a scrape served by any worker sums every worker's values.
+    """
+    metrics_dir = tempfile.mkdtemp(prefix="session-store-metrics-")
+    os.environ[MULTIPROC_DIR_ENV] = metrics_dir
+    logger.info("workers share metrics through %s", metrics_dir, extra={"metrics_dir": metrics_dir})
+    try:
+        supervise(settings, redis_url, args)
+    finally:
+        del os.environ[MULTIPROC_DIR_ENV]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def supervise(settings: Settings, redis_url: str, args: argparse.Namespace) -> None:
@@ -134,3 +163,10 @@ def supervise(settings: Settings, redis_url: str, args: argparse.Namespace) -> N
             workers[index].start()
     for worker in workers:
         worker.join(SHUTDOWN_TIMEOUT_S + 5)
+        if worker.exitcode is None:
+            logger.error("worker %d did not stop within %.0fs; killing it", worker.pid,
+                         SHUTDOWN_TIMEOUT_S + 5, extra={"pid": worker.pid})
+            worker.kill()
+            worker.join()
+    logger.info("stopped %d workers", len(workers),
+                extra={"pid": os.getpid(), "exit_code": [worker.exitcode for worker in workers]})

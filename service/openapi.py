@@ -19,7 +19,11 @@ _USER_ID = {"name": "user_id", "in": "path", "required": True,
             "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
 _DEVICE_ID = {"name": "device_id", "in": "path", "required": True,
               "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
-_CURSOR = {"type": "string", "pattern": "^[0-9]+-[0-9]+$"}
+# An event id, "<ms>-<n>", as service.event_routes accepts it; empty is the same as absent.
+_CURSOR = {"type": "string", "pattern": "^([0-9]{1,20}-[0-9]{1,20})?$"}
+_LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": _CURSOR,
+                  "description": "Resume after this event id; by default the stream starts after the "
+                                 "newest event"}
 
 # (method, path) -> summary, security, parameters, request body type,
 # {status: response body type or None}. Every route must have an entry.
@@ -104,8 +108,8 @@ _OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("GET", "/v1/me/events"): {
         "summary": "Server-Sent Events stream of the user's session events",
-        "security": SELF_SERVICE, "stream": True,
-        "responses": {200: None, 400: None, 401: None},
+        "security": SELF_SERVICE, "stream": True, "parameters": [_LAST_EVENT_ID],
+        "responses": {200: schemas.EventItem, 400: None, 401: None},
     },
 }
 
@@ -156,8 +160,8 @@ def _operation(spec: dict[str, Any], ref_of: dict[Any, dict[str, Any]]) -> dict[
 def _response(status: int, model: Any, ref_of: dict[Any, dict[str, Any]],
               stream: bool = False) -> dict[str, Any]:
     if stream and status == 200:
-        stream_body = {"text/event-stream": {"schema": {"type": "string"}}}
-        return {"description": "Event stream", "content": stream_body}
+        stream_body = {"text/event-stream": {"schema": _sse_event_schema(ref_of[model])}}
+        return {"description": "Event stream, one event per session event", "content": stream_body}
     if status == 204:
         return {"description": _STATUS_TEXT[status]}
     if model is None:
@@ -165,6 +169,25 @@ def _response(status: int, model: Any, ref_of: dict[Any, dict[str, Any]],
                 "content": {"application/problem+json": {"schema": ref_of[schemas.Problem]}}}
     return {"description": _STATUS_TEXT[status],
             "content": {"application/json": {"schema": ref_of[model]}}}
+
+
+def _sse_event_schema(data_schema: dict[str, Any]) -> dict[str, Any]:
+    """Describe one Server-Sent Event whose data field is a JSON document of data_schema.
+
+    OpenAPI 3.1 leaves the schema of a text/event-stream body open; this
+    follows OpenAPI 3.2's itemSchema reading, one schema per event, which
+    schemathesis also applies.
+    """
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data_schema},
+            "retry": {"type": "integer"},
+        },
+        "required": ["id", "event", "data"],
+    }
 
 
 def _operations_paths() -> dict[str, Any]:

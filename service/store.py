@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 import redis.exceptions
 
+from service import metrics
 from service.errors import (
     DeviceNotTrusted,
     InvalidToken,
@@ -53,6 +55,9 @@ MODE_ACTIVITY = 1
 MODE_EXTEND = 2
 
 _ID_ATTEMPTS = 3
+
+# Seconds between two log lines about failed Redis calls.
+WARNING_INTERVAL_S = 5.0
 
 
 class NewSession(msgspec.Struct, kw_only=True):
@@ -123,6 +128,8 @@ class Store:
         # is one (single node); redis-py's client serves everything else.
         self.pipelined = pipelined
         self._in_flight = asyncio.Semaphore(settings.redis_max_connections)
+        self._last_warning_s = -WARNING_INTERVAL_S
+        self._suppressed_warnings = 0
         self.scripts = Scripts(client)
         self.key_prefix = settings.key_prefix
         self.timeout_s = settings.redis_timeout
@@ -139,33 +146,63 @@ class Store:
     def keys_for(self, tag: str) -> UserKeys:
         return user_keys(self.key_prefix, tag)
 
-    async def call(self, awaitable: Awaitable[T], *, deadline: bool = True) -> T:
-        """Await one Redis call under the deadline; map every failure to 503."""
+    async def call(self, awaitable: Awaitable[T], *, deadline: bool = True,
+                   operation: str = "command") -> T:
+        """Await one Redis call under the deadline; map every failure to 503.
+
+        operation labels the call's latency in session_store_redis_call_duration_seconds.
+        """
+        started = time.perf_counter()
         try:
             if not deadline:
                 return await awaitable
             async with asyncio.timeout(self.timeout_s):
                 return await awaitable
         except (TimeoutError, redis.exceptions.TimeoutError):
-            logger.warning("redis call timed out after %.3fs", self.timeout_s)
+            metrics.count_redis_error("timeout")
+            self._warn("redis call timed out after %.3fs", self.timeout_s)
             raise StoreUnavailable(f"the session store did not answer within {self.timeout_s}s") from None
-        except redis.exceptions.RedisError as exc:
-            logger.warning("redis call failed: %s", type(exc).__name__, extra={"error": str(exc)[:200]})
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # RedisClusterException (no reachable node, slot not covered) is not a RedisError.
+            connection = isinstance(exc, redis.exceptions.ConnectionError)
+            metrics.count_redis_error("connection" if connection else "other")
+            self._warn("redis call failed: %s", type(exc).__name__, error=str(exc)[:200])
             raise StoreUnavailable("the session store is unreachable or refused the call") from None
         except OSError as exc:
-            logger.warning("redis connection failed: %s", exc.strerror or type(exc).__name__)
+            metrics.count_redis_error("connection")
+            self._warn("redis connection failed: %s", exc.strerror or type(exc).__name__)
             raise StoreUnavailable("the session store is unreachable") from None
+        finally:
+            metrics.observe_redis_call(operation, time.perf_counter() - started)
+
+    def _warn(self, message: str, *args: object, error: str | None = None) -> None:
+        """Log a failed Redis call, at most once per WARNING_INTERVAL_S with a count of the rest.
+
+        During an outage every request fails; one line per request would
+        bury everything else in the log.
+        """
+        now_s = time.monotonic()
+        if now_s - self._last_warning_s < WARNING_INTERVAL_S:
+            self._suppressed_warnings += 1
+            return
+        suppressed, self._suppressed_warnings = self._suppressed_warnings, 0
+        self._last_warning_s = now_s
+        logger.warning(message + " (%d similar failures not logged)", *args, suppressed,
+                       extra={"error": error})
 
     async def _run(self, script: Any, tag: str, args: list[bytes | str | int]) -> tuple[int, list[Any]]:
         """Run one script for the user with tag; return its status and the rest of its reply."""
         keys = self.keys_for(tag).script_keys()
         full_args = [*self._shared_args, *args]
+        operation = metrics.script_operation(script.sha)
         if self.pipelined is not None:
             # The pipelined connection enforces the deadline itself.
-            reply = await self.call(self._evalsha_pipelined(script, keys, full_args), deadline=False)
+            reply = await self.call(self._evalsha_pipelined(script, keys, full_args), deadline=False,
+                                    operation=operation)
         else:
-            reply = await self.call(self._limited(script(keys=keys, args=full_args)))
+            reply = await self.call(self._limited(script(keys=keys, args=full_args)), operation=operation)
         if reply[1]:
+            metrics.count_events(reply[1])
             self.mirror.publish(decode_emitted(tag, reply[1]))
         return reply[0], reply[2:]
 

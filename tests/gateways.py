@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from service.embedded import free_port
@@ -219,7 +220,8 @@ class NginxGateway(GatewayProcess):
         main_conf = self.workdir / "nginx.conf"
         main_conf.write_text(NGINX_MAIN_CONF)
         binary = find_binary("nginx")
-        assert binary is not None, "nginx is not installed"
+        if binary is None:
+            pytest.skip("nginx is not installed (apt-get install nginx-light)")
         return [binary, "-p", f"{self.workdir}/", "-c", str(main_conf),
                 "-g", "daemon off; error_log stderr;"]
 
@@ -252,7 +254,8 @@ class CaddyGateway(GatewayProcess):
         config = self.workdir / "Caddyfile"
         config.write_text(self.rendered())
         binary = find_binary("caddy")
-        assert binary is not None, "caddy is not installed"
+        if binary is None:
+            pytest.skip("caddy is not installed (apt-get install caddy)")
         return [binary, "run", "--config", str(config), "--adapter", "caddyfile"]
 
 
