@@ -1,0 +1,1 @@
+"""Benchmarks of the session store: Locust mixes, raw capacity, memory per session."""
