@@ -152,8 +152,8 @@ def _wrk_runs(url: str, tokens: Path, args: argparse.Namespace, *, cpus: str,
 def _connections_for(url: str, tokens: Path, target_rps: float) -> int:
     """Return the wrk connection count whose closed-loop throughput comes nearest target_rps.
 
-    Probes of 3 s each, from 1 connection up, stop at the first count that
-    reaches the target; the count just below it may be nearer.
+    Probes of 3 s each go from 1 connection up and stop at the first count
+    that reaches the target, because the count just below it may be nearer.
     """
     best, best_gap = 1, float("inf")
     for connections in PROBE_CONNECTIONS:
@@ -266,11 +266,11 @@ def _ms(microseconds: float) -> str:
 
 def render(summary: dict[str, Any]) -> str:
     """Render the medians as Markdown tables."""
-    one = summary["service_1_worker"]
+    single_worker = summary["service_1_worker"]
     lines = [
         f"Load average at start {summary['machine']['load_average']}, "
         f"at end {summary['machine'].get('load_average_end')}; medians of "
-        f"{one['ceiling']['runs']} runs of {summary['settings']['duration_s']} s.",
+        f"{single_worker['ceiling']['runs']} runs of {summary['settings']['duration_s']} s.",
         "",
         "| Setup | Load generator | req/s | p50 ms | p99 ms | p99.9 ms | errors | load average (1 min) | "
         "cores busy with other work |",
@@ -283,9 +283,9 @@ def render(summary: dict[str, Any]) -> str:
                      f"{loadgen.load_cell(figures)} |")
 
     connections = summary["settings"]["connections"]
-    wrk_row("service, 1 worker, core 0", f"wrk -c{connections} (saturation)", one["ceiling"])
+    wrk_row("service, 1 worker, core 0", f"wrk -c{connections} (saturation)", single_worker["ceiling"])
     for share in (50, 90):
-        paced = one[f"paced_{share}"]
+        paced = single_worker[f"paced_{share}"]
         lines.append(
             f"| service, 1 worker, core 0 | pacer, open loop at {share} % ({paced['achieved_rps']:.0f} req/s "
             f"achieved) | {paced['achieved_rps']:.0f} | {_ms(paced['p50_us'])} | {_ms(paced['p99_us'])} | "
@@ -293,7 +293,7 @@ def render(summary: dict[str, Any]) -> str:
             f"cores 0 and 1 busy {paced['core_busy'][0]} and {paced['core_busy'][1]}) | "
             f"{loadgen.load_cell(paced)} |")
     for share in (50, 90):
-        fixed = one.get(f"fixed_{share}")
+        fixed = single_worker.get(f"fixed_{share}")
         if fixed:
             connections_used = fixed["all_runs"][0]["connections"]
             wrk_row("service, 1 worker, core 0",

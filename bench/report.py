@@ -94,8 +94,8 @@ def plot_history(prefix: Path, output: Path, title: str,
 
 def plot_raw(summary: dict[str, Any], output: Path) -> None:
     """Plot a raw capacity summary: requests/s of each setup, and latency below and at the ceiling."""
-    one = summary["service_1_worker"]
-    bars = [("service, 1 worker (core 0)", one["ceiling"]["rps"]),
+    single_worker = summary["service_1_worker"]
+    bars = [("service, 1 worker (core 0)", single_worker["ceiling"]["rps"]),
             ("service, 2 workers (cores 0+1)", summary["service_2_workers"]["ceiling"]["rps"])]
     baselines = summary.get("baselines")
     if baselines:
@@ -108,26 +108,32 @@ def plot_raw(summary: dict[str, Any], output: Path) -> None:
     labels = [label for label, _ in bars]
     throughput.barh(labels, [value for _, value in bars], color="tab:blue")
     throughput.invert_yaxis()
-    throughput.set_xscale("log")
-    throughput.set_xlabel("requests/s (median, log scale)")
+    throughput.set_xlabel("requests/s (median of runs)")
     for index, (_, value) in enumerate(bars):
         throughput.annotate(f"{value:,.0f}", (value, index), xytext=(4, 0), textcoords="offset points",
                             va="center")
-    throughput.grid(alpha=0.3, axis="x", which="both")
+    throughput.set_xlim(right=max(value for _, value in bars) * 1.15)
+    throughput.grid(alpha=0.3, axis="x")
 
-    points = [("50 %, open loop", one["paced_50"]), ("90 %, open loop", one["paced_90"]),
-              ("saturation, wrk -c64", one["ceiling"])]
+    points = [("50 %\nopen loop", single_worker["paced_50"])]
+    for share in (50, 90):
+        fixed = single_worker.get(f"fixed_{share}")
+        if fixed:
+            points.append((f"{share} %\nwrk -c{fixed['all_runs'][0]['connections']}", fixed))
+    points += [("90 %\nopen loop", single_worker["paced_90"]),
+               ("saturation\nwrk -c64", single_worker["ceiling"])]
     positions = range(len(points))
     width = 0.38
     latency.bar([p - width / 2 for p in positions], [figures["p50_us"] / 1000 for _, figures in points],
                 width, label="p50")
     latency.bar([p + width / 2 for p in positions], [figures["p99_us"] / 1000 for _, figures in points],
                 width, label="p99")
-    latency.set_xticks(list(positions), [label for label, _ in points])
-    latency.set_ylabel("ms (median of runs)")
-    latency.set_title("service, 1 worker: latency vs load")
+    latency.set_xticks(list(positions), [label for label, _ in points], fontsize="small")
+    latency.set_yscale("log")
+    latency.set_ylabel("ms (median of runs, log scale)")
+    latency.set_title("service, 1 worker: latency by load")
     latency.legend()
-    latency.grid(alpha=0.3, axis="y")
+    latency.grid(alpha=0.3, axis="y", which="both")
     load = summary["machine"]["load_average"]
     figure.suptitle(f"GET /v1/validate capacity, load average at start {load[0]}")
     figure.savefig(output, dpi=110)
