@@ -95,11 +95,17 @@ async def test_expired_load_leaves_no_keys(make_service: ServiceFactory, redis: 
     assert await leftover_keys(redis) == []
 
 
-async def mixed_load(api: Api, rounds: int) -> None:
-    """Creates, validations, extensions, revocations and evictions, bounded by rounds."""
+async def mixed_load(api: Api, rounds: int, warmed_up: asyncio.Event | None = None) -> None:
+    """Creates, validations, extensions, revocations and evictions, bounded by rounds.
+
+    Sets warmed_up after a tenth of the rounds, so a caller can act mid-load
+    however fast the machine is.
+    """
     rng = random.Random(7)
     tokens: list[str] = []
     for round_number in range(rounds):
+        if warmed_up is not None and round_number == rounds // 10:
+            warmed_up.set()
         user = f"u-mix-{round_number % 6}"
         status, body, _ = await api.manage("POST", "/v1/sessions", json={
             "user_id": user, "device": {"id": f"dev-{rng.randrange(8)}"}, "policy": "brief",
@@ -130,8 +136,9 @@ async def test_mixed_load_with_killed_process_leaves_no_keys(
         await service.wait_healthy()
         async with aiohttp.ClientSession() as http:
             api = Api(http, service.base_url)
-            load = asyncio.create_task(mixed_load(api, rounds=300))
-            await asyncio.sleep(1.0)
+            warmed_up = asyncio.Event()
+            load = asyncio.create_task(mixed_load(api, rounds=3000, warmed_up=warmed_up))
+            await asyncio.wait_for(warmed_up.wait(), timeout=60)
             assert service.process is not None
             service.process.send_signal(signal.SIGKILL)
             with pytest.raises(aiohttp.ClientError):
