@@ -205,8 +205,9 @@ def _start_baseline(children: Children, folder: Path, kind: str, extra: list[str
 def validate_command(redis_url: str, tokens: Path) -> list[bytes]:
     """Build EVALSHA of validate_session.lua for a real seeded session, as the service sends it.
 
-    The secret hash travels in argv, which cannot carry a NUL byte, so the
-    first session whose hash has none is used. The call is checked once to
+    The secret hash travels in argv, which cannot carry a NUL byte, and
+    redis-benchmark echoes it into its CSV output, so the first session
+    whose hash has no NUL, line break, quote or comma is used. The call is checked once to
     take the success path before it is handed to redis-benchmark.
     """
     client = redis.Redis.from_url(redis_url)
@@ -217,7 +218,7 @@ def validate_command(redis_url: str, tokens: Path) -> list[bytes]:
     for token, user_agent in read_tokens(tokens):
         tag, sid = token[:TAG_LENGTH], token[TAG_LENGTH:TAG_LENGTH + SID_LENGTH]
         secret_hash = hash_secret(token.split(".", 1)[1])
-        if b"\0" in secret_hash:
+        if any(byte in secret_hash for byte in b'\0\r\n",'):
             continue
         keys = user_keys(defaults.key_prefix, tag).script_keys()
         script_args = [*shared, sid, secret_hash, MODE_ACTIVITY, EXTEND_MIN_STEP_RATIO, 0, "127.0.0.0/24",
@@ -227,7 +228,7 @@ def validate_command(redis_url: str, tokens: Path) -> list[bytes]:
             raise RuntimeError(f"validate_session.lua returned status {reply[0]} for a seeded session")
         client.close()
         return [_arg(part) for part in ("EVALSHA", sha, len(keys), *keys, *script_args)]
-    raise RuntimeError(f"no session in {tokens} has a secret hash without a NUL byte")
+    raise RuntimeError(f"no session in {tokens} has a secret hash that argv and CSV can carry")
 
 
 def _arg(value: object) -> bytes:

@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from bench.harness import DEFAULT_REDIS_SERVER, Children
+from bench.harness import DEFAULT_REDIS_SERVER, HASH_MAX_LISTPACK_VALUE, Children
 from service.embedded import REDIS_SERVER_ENV, find_redis_server
 from tests.redis_cluster import RedisCluster
 
@@ -24,7 +24,8 @@ class BenchCluster(RedisCluster):
         self.processes[port] = subprocess.Popen(
             [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-             "--cluster-node-timeout", "2000", "--appendonly", "no", "--save", "", "--logfile", "redis.log"],
+             "--cluster-node-timeout", "2000", "--appendonly", "no", "--save", "", "--logfile", "redis.log",
+             "--hash-max-listpack-value", str(HASH_MAX_LISTPACK_VALUE)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )

@@ -34,6 +34,10 @@ RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 # Debian's apt-installed server (7.0, jemalloc): the benchmarks' Redis.
 DEFAULT_REDIS_SERVER = "/usr/bin/redis-server"
 BENCH_API_KEY = "bench-api-key-0123456789abcdef"
+# The limit the embedded and test servers set (service/embedded.py): a user's
+# records hash stays a compact listpack up to values of this many bytes.
+# Redis's own default is 64.
+HASH_MAX_LISTPACK_VALUE = 1024
 # A stopping child gets this long after SIGTERM before SIGKILL, seconds.
 STOP_GRACE_S = 15.0
 
@@ -253,15 +257,16 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float =
 
 
 def start_redis(children: Children, folder: Path, *, binary: str = DEFAULT_REDIS_SERVER,
-                cpus: str | None = None, extra_args: tuple[str, ...] = (),
+                cpus: str | None = None, hash_max_listpack_value: int = HASH_MAX_LISTPACK_VALUE,
                 name: str = "redis") -> tuple[str, int]:
-    """Start a single redis-server without persistence; return its URL and port."""
+    """Start a redis-server without persistence, set up like the embedded one; return its URL and port."""
     port = free_port()
     data_dir = folder / name
     data_dir.mkdir(exist_ok=True)
     process = children.start(name, [
         binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-        "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--logfile", "redis.log", *extra_args,
+        "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--logfile", "redis.log",
+        "--hash-max-listpack-value", str(hash_max_listpack_value),
     ], log_path=folder / f"{name}.out", cpus=cpus)
     wait_for_port(port, process)
     return f"redis://127.0.0.1:{port}/0", port

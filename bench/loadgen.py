@@ -89,7 +89,9 @@ def run_redis_benchmark(port: int, command: list[bytes], *, connections: int, re
     if result.returncode != 0 or len(rows) < 2:
         raise RuntimeError(f"redis-benchmark failed with code {result.returncode}: "
                            f"{result.stderr.decode('utf-8', 'replace')[-500:]}")
-    header, values = rows[0], rows[-1]
+    # The first column repeats the command, whose binary arguments can break
+    # the CSV quoting; the figures are the last columns.
+    header, values = rows[0][1:], rows[-1][-(len(rows[0]) - 1):]
     row = dict(zip(header, values, strict=True))
     time.sleep(PAUSE_S)
     return {

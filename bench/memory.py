@@ -33,6 +33,7 @@ import redis
 
 from bench import loadgen
 from bench.harness import (
+    HASH_MAX_LISTPACK_VALUE,
     machine_facts,
     managed_children,
     require_tool,
@@ -56,7 +57,7 @@ FRESH_SESSION_TARGET_BYTES = 450
 # Key kinds in deletion order, creation counters first; the last three are the session state.
 KEY_KINDS = ("c", "global_stream", "e", "x", "d", "i", "s")
 KIND_LABELS = {
-    "s": "session records ss:{tag}:s:*", "i": "per-user index ss:{tag}:i",
+    "s": "session records ss:{tag}:s", "i": "per-user index ss:{tag}:i",
     "d": "device registry ss:{tag}:d", "x": "markers ss:{tag}:x", "e": "user events ss:{tag}:e",
     "c": "creation counters ss:{tag}:c", "global_stream": "global stream ss:events",
 }
@@ -73,8 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-s", type=int, default=10, help="seconds per wrk run (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per figure (default 3)")
     parser.add_argument("--log-level", default="info", help="service log level (default info)")
-    parser.add_argument("--hash-max-listpack-value", type=int, default=None,
-                        help="Redis setting of that name, for a layout experiment (Redis default 64 bytes)")
+    parser.add_argument("--hash-max-listpack-value", type=int, default=HASH_MAX_LISTPACK_VALUE,
+                        help=f"Redis setting of that name in bytes (default {HASH_MAX_LISTPACK_VALUE}, "
+                             "as the embedded server; Redis's own default is 64)")
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -87,18 +89,17 @@ def run(args: argparse.Namespace) -> Path:
     folder = results_dir("capacity")
     print(f"bench: results in {folder}", flush=True)
     summary: dict[str, Any] = {"kind": "capacity", "machine": machine_facts(), "settings": vars(args)}
-    extra = () if args.hash_max_listpack_value is None else (
-        "--hash-max-listpack-value", str(args.hash_max_listpack_value))
+    limit = args.hash_max_listpack_value
     with managed_children() as children:
         config = write_service_config(folder / "service.toml", log_level=args.log_level)
-        small_url, _ = start_redis(children, folder, cpus="1", extra_args=extra, name="redis-1k")
+        small_url, _ = start_redis(children, folder, cpus="1", hash_max_listpack_value=limit, name="redis-1k")
         small_probe = start_service(children, folder, small_url, workers=1, config=config, cpus="0",
                                     name="service-probe-1k")
         small_tokens = folder / "tokens-1k.tsv"
         seed_sessions(SeedPlan(small_probe, math.ceil(SMALL_SESSION_COUNT / SESSIONS_PER_USER),
                                SESSIONS_PER_USER, 64), small_tokens)
 
-        redis_url, _ = start_redis(children, folder, cpus="1", extra_args=extra)
+        redis_url, _ = start_redis(children, folder, cpus="1", hash_max_listpack_value=limit)
         client = redis.Redis.from_url(redis_url)
         loader = start_service(children, folder, redis_url, workers=args.workers, config=config,
                                name="service-loader")
@@ -182,13 +183,10 @@ def sample_memory_usage(client: redis.Redis, token_files: list[Path]) -> dict[st
     for tag in tags:
         keys = user_keys("ss:", tag)
         sessions += len(by_tag[tag])
-        for kind, key in (("i", keys.index), ("d", keys.devices), ("x", keys.markers), ("e", keys.events),
-                          ("c", keys.creations)):
+        for kind, key in (("s", keys.sessions), ("i", keys.index), ("d", keys.devices), ("x", keys.markers),
+                          ("e", keys.events), ("c", keys.creations)):
             pipeline.memory_usage(key, samples=0)
             names.append(kind)
-        for sid in by_tag[tag]:
-            pipeline.memory_usage(keys.session(sid), samples=0)
-            names.append("s")
     for kind, usage in zip(names, pipeline.execute(), strict=True):
         if usage is not None:
             totals[kind] += usage
@@ -208,7 +206,8 @@ def _encodings(client: redis.Redis, tags: list[str]) -> dict[str, dict[str, int]
     names: list[str] = []
     for tag in tags:
         keys = user_keys("ss:", tag)
-        for kind, key in (("i", keys.index), ("d", keys.devices), ("x", keys.markers), ("e", keys.events)):
+        for kind, key in (("s", keys.sessions), ("i", keys.index), ("d", keys.devices), ("x", keys.markers),
+                          ("e", keys.events)):
             pipeline.object("encoding", key)
             names.append(kind)
     found: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -223,10 +222,7 @@ def _kind_of(key: bytes) -> str | None:
         return "global_stream"
     if not key.startswith(b"ss:{"):
         return None
-    suffix = key.rsplit(b"}:", 1)[-1]
-    if suffix.startswith(b"s:"):
-        return "s"
-    kind = suffix.decode()
+    kind = key.rsplit(b"}:", 1)[-1].decode()
     return kind if kind in KIND_LABELS else None
 
 
