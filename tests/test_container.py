@@ -126,7 +126,7 @@ def test_dockerfile_cmd_serves_all_addresses() -> None:
     args = parse_cli(argv)
 
     assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 8080)
-    assert pyproject()["project"]["scripts"][argv[0]] == "service.cli:main"
+    assert pyproject()["project"]["scripts"][argv[0]] == "service.launch:main"
 
 
 def test_dockerfile_cmd_flags_are_serve_options() -> None:
