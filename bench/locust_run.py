@@ -4,13 +4,16 @@ Starts Redis (single node, or a local 3-master cluster with --cluster),
 the service with --workers N, seeds sessions through the API, runs
 bench/locustfile.py headless for --run-time, and writes to
 bench/results/<timestamp>-locust/: Locust's CSV files and HTML report,
-summary.json and throughput-latency.png.
+summary.json, results.md and throughput-latency.png. With --repeats N it
+runs N times, each in its own folder, and the last folder's results.md
+also has the median of every figure over the N runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-service-weight", type=int, default=1,
                         help="SelfServiceUser weight (default 1)")
     parser.add_argument("--log-level", default="info", help="service log level (default info)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs, each from a fresh Redis and service; medians reported (default 1)")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -101,7 +106,6 @@ def run(args: argparse.Namespace) -> Path:
     summary["plot"] = "throughput-latency.png" if report.plot_history(
         prefix, folder / "throughput-latency.png", title, summary["cpu_samples"]) else None
     (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    _print_table(summary)
     return folder
 
 
@@ -120,19 +124,62 @@ def _locust_command(args: argparse.Namespace, base: str, folder: Path, tokens: P
     return command
 
 
-def _print_table(summary: dict[str, Any]) -> None:
-    print("| Request | Count | Failures | req/s | p50 ms | p95 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|")
-    for row in summary["locust"]["requests"]:
-        print(f"| {row['type']} {row['name']} | {row['requests']} | {row['failures']} | {row['rps']:.1f} | "
-              f"{row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} |")
-    print(f"load average before Locust {summary['load_average_before_locust']}, "
-          f"after {summary['load_average_after']}")
+def _request_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| Request | Count | Failures | req/s | p50 ms | p95 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        request = f"{row['type']} {row['name']}".strip()
+        lines.append(f"| {request} | {row['requests']:g} | {row['failures']:g} | "
+                     f"{row['rps']:.1f} | {row['p50_ms']:g} | {row['p95_ms']:g} | {row['p99_ms']:g} |")
+    return lines
+
+
+def _run_line(summary: dict[str, Any]) -> str:
+    samples = summary["cpu_samples"]
+    own = statistics.fmean(sample[1] for sample in samples) if samples else float("nan")
+    other = statistics.fmean(sample[2] for sample in samples) if samples else float("nan")
+    return (f"load average before Locust {summary['load_average_before_locust'][0]}, after "
+            f"{summary['load_average_after'][0]}; cores busy with this run {own:.2f}, "
+            f"with other work {other:.2f} (means)")
+
+
+def _median_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return one row per request name with the median of each figure over the runs that had it."""
+    by_name: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for summary in summaries:
+        for row in summary["locust"]["requests"]:
+            by_name.setdefault((row["type"], row["name"]), []).append(row)
+    medians = []
+    for (kind, name), rows in by_name.items():
+        median = {"type": kind, "name": name}
+        for field in ("requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms"):
+            median[field] = statistics.median(row[field] or 0 for row in rows)
+        medians.append(median)
+    return medians
+
+
+def write_results(folder: Path, summaries: list[dict[str, Any]]) -> str:
+    """Write folder/results.md for the last run, with medians when there are several; return the text."""
+    lines = [f"Run {folder.name}:", "", *_request_table(summaries[-1]["locust"]["requests"]), "",
+             _run_line(summaries[-1])]
+    if len(summaries) > 1:
+        lines += ["", f"Medians over {len(summaries)} runs:", "", *_request_table(_median_rows(summaries)),
+                  "", *(f"- {_run_line(summary)}" for summary in summaries)]
+    text = "\n".join(lines) + "\n"
+    (folder / "results.md").write_text(text, encoding="utf-8")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run locust", description=__doc__.split("\n")[0])
     add_arguments(parser)
-    folder = run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    summaries = []
+    for _ in range(max(1, args.repeats)):
+        folder = run(args)
+        summaries.append(json.loads((folder / "summary.json").read_text(encoding="utf-8")))
+        print(write_results(folder, summaries[-1:]), flush=True)
+    if len(summaries) > 1:
+        print(write_results(folder, summaries), flush=True)
     print(f"bench: done; results in {folder}")
     return 0

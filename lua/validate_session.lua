@@ -30,7 +30,8 @@
            {REVOKED, events}         revoked, replaced or evicted
            {REAUTH_REQUIRED, events} an anomaly demands a new sign-in
   Writes   on activity (modes 1 and 2): the index score, at most once a
-           second (or per 1 % of the window when shorter). On extension: the record, the TTLs of the sessions
+           second (or per 1 % of the window when shorter) unless another
+           session of the user has a newer score. On extension: the record, the TTLs of the sessions
            hash and the index (at least expires + grace), the device's last_seen. On anomalies:
            events, the wrong-secret counter, the record's flags, or the
            end of sessions, as the policy's actions say.
@@ -168,13 +169,19 @@ end
 
 -- Last activity is kept as the index score, so that lists and
 -- evict_oldest follow real use while expiry writes stay throttled. Its
--- resolution is 1 s, or 1 % of the window when that is shorter.
+-- resolution is 1 s, or 1 % of the window when that is shorter. Inside
+-- that step the score is still written when another session of the user
+-- is newer, so the most recently active session always lists first.
 local function note_activity(window_ms)
   local step_ms = math.min(1000, math.floor(window_ms / min_step_ratio))
   local score = redis.call('ZSCORE', k.index, sid)
-  if not score or now_ms - tonumber(score) >= step_ms then
-    redis.call('ZADD', k.index, now_ms, sid)
+  if score and now_ms - tonumber(score) < step_ms then
+    local newest = redis.call('ZREVRANGE', k.index, 0, 0)
+    if newest[1] == sid then
+      return
+    end
   end
+  redis.call('ZADD', k.index, now_ms, sid)
 end
 
 local record = read_record(sid)

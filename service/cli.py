@@ -15,6 +15,7 @@ from pathlib import Path
 
 from service import __version__, admin
 from service.config import REDIS_URL_ENV, ConfigError, Settings, load_settings
+from service.launch import MULTIPROC_DIR_ENV
 from service.logs import configure_logging, redact_url
 
 logger = logging.getLogger("session_store.cli")
@@ -23,9 +24,6 @@ logger = logging.getLogger("session_store.cli")
 SHUTDOWN_TIMEOUT_S = 10.0
 # A worker that keeps crashing is restarted at most this often, seconds.
 RESTART_BACKOFF_S = 1.0
-# prometheus-client's multi-process folder variable. A process reads it when
-# prometheus_client is first imported, so workers get it from the supervisor.
-MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def build_parser() -> argparse.ArgumentParser:

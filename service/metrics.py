@@ -21,9 +21,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.launch import MULTIPROC_DIR_ENV
 from service.scripts import SCRIPT_NAMES, script_source
-
-MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,21 @@ def test_cli_serve_exits_on_bad_config_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "policies.kiosk" in result.stderr
     assert "max_sessions must be between 1 and 1000" in result.stderr
+
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_cli_serve_exits_on_unusable_metrics_dir(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "metrics"
+    if kind == "file":
+        target.write_text("")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(target)}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--redis-url", "redis://127.0.0.1:1/0", "--port", "1"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == (f"session-store: PROMETHEUS_MULTIPROC_DIR is {str(target)!r}, which is not "
+                             "an existing folder; create it or unset the variable\n")

@@ -24,6 +24,7 @@ import yaml
 from service.cli import build_parser
 from service.config import API_KEYS_ENV, REDIS_URL_ENV, build_settings
 from service.embedded import free_port
+from service.readiness import RECOMMENDED_HASH_VALUE_BYTES
 from tests.redis_server import RedisServer
 from tests.service_process import ServiceProcess, ensure_redis_running
 
@@ -126,7 +127,7 @@ def test_dockerfile_cmd_serves_all_addresses() -> None:
     args = parse_cli(argv)
 
     assert (args.command, args.host, args.port) == ("serve", "0.0.0.0", 8080)
-    assert pyproject()["project"]["scripts"][argv[0]] == "service.cli:main"
+    assert pyproject()["project"]["scripts"][argv[0]] == "service.launch:main"
 
 
 def test_dockerfile_cmd_flags_are_serve_options() -> None:
@@ -252,6 +253,15 @@ def test_compose_command_matches_dockerfile_cmd() -> None:
     assert args.command == image_args.command
     assert args.host == image_args.host
     assert args.port == image_args.port
+
+
+def test_compose_redis_keeps_hashes_compact() -> None:
+    _, service = compose_service("redis")
+    command = service["command"]
+
+    limit = int(command[command.index("--hash-max-listpack-value") + 1])
+
+    assert limit >= RECOMMENDED_HASH_VALUE_BYTES
 
 
 def test_compose_config_is_valid() -> None:

@@ -34,7 +34,7 @@ from service.config import API_KEYS_ENV, REDIS_URL_ENV, build_settings
 from service.embedded import find_redis_server, free_port
 from service.logs import redact_url
 from service.readiness import Readiness
-from tests.conftest import API_KEY, TEST_CONFIG, Api
+from tests.conftest import API_KEY, TEST_CONFIG, Api, Backend, ServiceFactory
 from tests.redis_server import RedisServer
 from tests.service_process import REPO_ROOT, START_TIMEOUT_S, ServiceProcess, ensure_redis_running
 
@@ -299,6 +299,55 @@ async def test_readiness_backoff_capped() -> None:
 
     assert delays[:6] == [0.01, 0.02, 0.04, 0.04, 0.04, 0.04]
     assert readiness.ready is False
+
+
+class RedisLogLines(logging.Handler):
+    """The lines session_store.redis logs while attached."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelno, record.getMessage()))
+
+
+async def set_hash_value_limit(redis: Any, backend: Backend, limit: int) -> None:
+    """Set hash-max-ziplist-value (hash-max-listpack-value's older name) on every node."""
+    if backend.cluster:
+        await redis.config_set("hash-max-ziplist-value", limit, target_nodes=redis.ALL_NODES)
+    else:
+        await redis.config_set("hash-max-ziplist-value", limit)
+
+
+async def hash_encoding_warnings(make_service: ServiceFactory, redis: Any, backend: Backend,
+                                 limit: int) -> list[str]:
+    """Start a service against Redis set to limit; return its warnings about hash encoding."""
+    handler = RedisLogLines()
+    logger = logging.getLogger("session_store.redis")
+    logger.addHandler(handler)
+    await set_hash_value_limit(redis, backend, limit)
+    try:
+        await make_service()
+    finally:
+        await set_hash_value_limit(redis, backend, 1024)
+        logger.removeHandler(handler)
+    return [line for level, line in handler.lines if level == logging.WARNING and "hash-max" in line]
+
+
+async def test_readiness_warns_on_default_hash_encoding(make_service: ServiceFactory, redis: Any,
+                                                       backend: Backend) -> None:
+    warnings = await hash_encoding_warnings(make_service, redis, backend, 64)
+
+    assert warnings == ["redis has hash-max-listpack-value 64: per-user hashes become hashtables and "
+                        "sessions cost about 19 % more memory; set it to 1024"]
+
+
+async def test_readiness_quiet_with_recommended_hash_encoding(make_service: ServiceFactory, redis: Any,
+                                                              backend: Backend) -> None:
+    warnings = await hash_encoding_warnings(make_service, redis, backend, 1024)
+
+    assert warnings == []
 
 
 async def test_cluster_unreachable_answers_503() -> None:

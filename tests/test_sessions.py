@@ -303,6 +303,25 @@ async def test_list_user_sessions_most_recent_first(api: Api) -> None:
     assert list_ids(body) == [a["session_id"], c["session_id"], b["session_id"]]
 
 
+async def test_list_user_sessions_order_within_one_second(api: Api) -> None:
+    # Every step lands well inside the 1 s activity resolution.
+    a = await api.create("u-quick", "dev-a")
+    await asyncio.sleep(0.01)
+    b = await api.create("u-quick", "dev-b")
+    await asyncio.sleep(0.01)
+
+    orders = []
+    for token in (a["token"], b["token"], a["token"]):
+        await api.validate(token)
+        _, body, _ = await api.manage("GET", user_path("u-quick"))
+        orders.append(list_ids(body))
+        await asyncio.sleep(0.01)
+
+    assert orders[0] == [a["session_id"], b["session_id"]]
+    assert orders[1] == [b["session_id"], a["session_id"]]
+    assert orders[2] == [a["session_id"], b["session_id"]]
+
+
 async def test_list_user_sessions_newest_first(api: Api) -> None:
     a = await api.create("u-order", "dev-a")
     await asyncio.sleep(ACTIVITY_STEP_S)

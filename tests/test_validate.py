@@ -384,6 +384,22 @@ async def test_validate_throttles_extension_writes(api: Api, redis: aioredis.Red
     assert await redis.pttl(keys.sessions) <= ttl_after_first
 
 
+async def test_validate_skips_activity_write_of_newest(
+        api: Api, redis: aioredis.Redis) -> None:
+    older = await api.create("u-activity", "dev-older")
+    newest = await api.create("u-activity", "dev-newest")
+    keys, sid = session_keys(newest["session_id"])
+    _, older_sid = session_keys(older["session_id"])
+    score_at_sign_in = await redis.zscore(keys.index, sid)
+
+    statuses = [(await api.validate(newest["token"]))[0] for _ in range(3)]
+
+    # Within 1 s of its last write the newest session's score stays put.
+    assert statuses == [200, 200, 200]
+    assert await redis.zscore(keys.index, sid) == score_at_sign_in
+    assert await redis.zrevrange(keys.index, 0, -1) == [sid.encode(), older_sid.encode()]
+
+
 # -- the deadline itself -------------------------------------------------------
 
 @pytest.mark.slow
