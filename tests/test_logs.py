@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -20,6 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.cli import SHUTDOWN_TIMEOUT_S
+from service.logs import LOG_BUFFER_BYTES, JsonFormatter, TurnBufferedHandler
 from tests.conftest import API_KEY, Api
 from tests.redis_server import RedisServer
 from tests.service_process import ServiceProcess, ensure_redis_running
@@ -341,3 +344,56 @@ def test_logs_store_failure_warning(scenario_log: ScenarioLog) -> None:
 
     assert warnings != []
     assert leaks(warnings, secrets_sent) == []
+
+
+# -- the handler: one write per event-loop turn ---------------------------------
+
+def turn_buffered_logger(path: Path) -> tuple[logging.Logger, TurnBufferedHandler]:
+    """Return a logger writing JSON lines to path through a block-buffered TurnBufferedHandler."""
+    stream = path.open("w", buffering=LOG_BUFFER_BYTES, encoding="utf-8")
+    handler = TurnBufferedHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"session_store.test.{path.name}")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger, handler
+
+
+def written_messages(path: Path) -> list[str]:
+    return [json.loads(line)["message"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+async def test_handler_writes_info_lines_at_end_of_turn(tmp_path: Path) -> None:
+    logger, handler = turn_buffered_logger(tmp_path / "turn.log")
+
+    logger.info("first")
+    logger.info("second")
+    during_turn = written_messages(tmp_path / "turn.log")
+    await asyncio.sleep(0)
+    after_turn = written_messages(tmp_path / "turn.log")
+    handler.stream.close()
+
+    assert during_turn == []
+    assert after_turn == ["first", "second"]
+
+
+async def test_handler_writes_warning_at_once(tmp_path: Path) -> None:
+    logger, handler = turn_buffered_logger(tmp_path / "warning.log")
+
+    logger.info("request")
+    logger.warning("redis unreachable")
+    during_turn = written_messages(tmp_path / "warning.log")
+    handler.stream.close()
+
+    assert during_turn == ["request", "redis unreachable"]
+
+
+def test_handler_writes_at_once_outside_event_loop(tmp_path: Path) -> None:
+    logger, handler = turn_buffered_logger(tmp_path / "no-loop.log")
+
+    logger.info("starting")
+    written = written_messages(tmp_path / "no-loop.log")
+    handler.stream.close()
+
+    assert written == ["starting"]
