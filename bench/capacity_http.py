@@ -221,8 +221,9 @@ def validate_command(redis_url: str, tokens: Path) -> list[bytes]:
         if any(byte in secret_hash for byte in b'\0\r\n",'):
             continue
         keys = user_keys(defaults.key_prefix, tag).script_keys()
-        script_args = [*shared, sid, secret_hash, MODE_ACTIVITY, EXTEND_MIN_STEP_RATIO, 0, "127.0.0.0/24",
-                       user_agent, defaults.invalid_secret_window * 1000, defaults.invalid_secret_threshold]
+        script_args: list[Any] = [
+            *shared, sid, secret_hash, MODE_ACTIVITY, EXTEND_MIN_STEP_RATIO, 0, "127.0.0.0/24",
+            user_agent, defaults.invalid_secret_window * 1000, defaults.invalid_secret_threshold]
         reply = client.evalsha(sha, len(keys), *keys, *script_args)
         if reply[0] != 0:
             raise RuntimeError(f"validate_session.lua returned status {reply[0]} for a seeded session")

@@ -230,7 +230,8 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before "
+            program = os.fsdecode(process.args[0]) if isinstance(process.args, list) else str(process.args)
+            raise RuntimeError(f"{program} exited with code {process.returncode} before "
                                f"listening on port {port}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):

@@ -151,7 +151,7 @@ def _median_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             by_name.setdefault((row["type"], row["name"]), []).append(row)
     medians = []
     for (kind, name), rows in by_name.items():
-        median = {"type": kind, "name": name}
+        median: dict[str, Any] = {"type": kind, "name": name}
         for field in ("requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms"):
             median[field] = statistics.median(row[field] or 0 for row in rows)
         medians.append(median)

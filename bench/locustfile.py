@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, User, between, events, task
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.runners import MasterRunner
@@ -68,7 +68,7 @@ def apply_options(environment: Environment, **_kwargs: Any) -> None:
     options = environment.parsed_options
     if options is None:
         return
-    weights = {ValidateUser: options.validate_weight, ChurnUser: options.churn_weight,
+    weights: dict[type[User], int] = {ValidateUser: options.validate_weight, ChurnUser: options.churn_weight,
                SelfServiceUser: options.self_service_weight}
     for user_class, weight in weights.items():
         user_class.weight = weight
