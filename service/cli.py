@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import multiprocessing
 import os
@@ -107,6 +108,10 @@ def run_worker(settings: Settings, redis_url: str, cluster: bool, host: str, por
 
     configure_logging(settings.service.log_level)
     app = create_app(settings, redis_url, cluster=cluster)
+    # Everything created so far (modules, the app, its routes) lives as long
+    # as the process. Frozen, it is left out of every full garbage
+    # collection, whose pauses were most of the p99 under load.
+    gc.freeze()
     logger.info("listening on http://%s:%d", host, port, extra={"pid": os.getpid()})
     web.run_app(app, host=host, port=port, reuse_port=reuse_port or None,
                 shutdown_timeout=SHUTDOWN_TIMEOUT_S, print=None, access_log=None,
