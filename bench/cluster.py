@@ -12,8 +12,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from bench.harness import DEFAULT_REDIS_SERVER, HASH_MAX_LISTPACK_VALUE, Children
+from bench.harness import DEFAULT_REDIS_SERVER, Children
 from service.embedded import REDIS_SERVER_ENV, find_redis_server
+from service.keys import HASH_MAX_LISTPACK_VALUE
 from tests.redis_cluster import RedisCluster
 
 

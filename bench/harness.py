@@ -28,16 +28,13 @@ from typing import Any
 import psutil
 
 from service.embedded import free_port
+from service.keys import HASH_MAX_LISTPACK_VALUE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_ROOT = REPO_ROOT / "bench" / "results"
 # Debian's apt-installed server (7.0, jemalloc): the benchmarks' Redis.
 DEFAULT_REDIS_SERVER = "/usr/bin/redis-server"
 BENCH_API_KEY = "bench-api-key-0123456789abcdef"
-# The limit the embedded and test servers set (service/embedded.py): a user's
-# records hash stays a compact listpack up to values of this many bytes.
-# Redis's own default is 64.
-HASH_MAX_LISTPACK_VALUE = 1024
 # A stopping child gets this long after SIGTERM before SIGKILL, seconds.
 STOP_GRACE_S = 15.0
 

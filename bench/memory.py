@@ -33,7 +33,6 @@ import redis
 
 from bench import loadgen
 from bench.harness import (
-    HASH_MAX_LISTPACK_VALUE,
     machine_facts,
     managed_children,
     require_tool,
@@ -43,7 +42,7 @@ from bench.harness import (
     write_service_config,
 )
 from bench.seed import SeedPlan, seed_sessions
-from service.keys import global_events_key, user_keys
+from service.keys import HASH_MAX_LISTPACK_VALUE, global_events_key, user_keys
 from service.tokens import SID_LENGTH, TAG_LENGTH
 
 SESSIONS_PER_USER = 3

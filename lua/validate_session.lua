@@ -174,12 +174,9 @@ end
 -- is newer, so the most recently active session always lists first.
 local function note_activity(window_ms)
   local step_ms = math.min(1000, math.floor(window_ms / min_step_ratio))
-  local score = redis.call('ZSCORE', k.index, sid)
-  if score and now_ms - tonumber(score) < step_ms then
-    local newest = redis.call('ZREVRANGE', k.index, 0, 0)
-    if newest[1] == sid then
-      return
-    end
+  local newest = redis.call('ZREVRANGE', k.index, 0, 0, 'WITHSCORES')
+  if newest[1] == sid and now_ms - tonumber(newest[2]) < step_ms then
+    return
   end
   redis.call('ZADD', k.index, now_ms, sid)
 end

@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from service.keys import HASH_MAX_LISTPACK_VALUE
+
 logger = logging.getLogger("session_store.redis")
 
 REDIS_SERVER_ENV = "SESSION_STORE_REDIS_SERVER"
@@ -67,10 +69,8 @@ class EmbeddedRedis:
             "--dir", str(self.data_dir.resolve()),
             "--appendonly", "yes", "--appendfsync", self.appendfsync,
             "--save", "", "--protected-mode", "yes",
-            # Session records are 150 to 400 bytes: above the default 64 a
-            # user's sessions hash switches to a hash table that costs
-            # about twice the memory.
-            "--hash-max-ziplist-value", "1024",
+            # The older name of hash-max-listpack-value, which Redis 6.2 knows.
+            "--hash-max-ziplist-value", str(HASH_MAX_LISTPACK_VALUE),
             "--logfile", "redis.log", "--daemonize", "no",
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def multiproc_dir_problem() -> str | None:
-    """Say what is wrong with an inherited PROMETHEUS_MULTIPROC_DIR, or return None.
+    """Describe what is wrong with an inherited PROMETHEUS_MULTIPROC_DIR, or return None.
 
     prometheus-client opens one value file per process in that folder, so a
     missing or read-only folder would surface as a traceback at start-up.

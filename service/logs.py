@@ -109,7 +109,7 @@ def configure_logging(level: str) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    logging._srcfile = None  # noqa: SLF001 - the documented switch for caller lookups
+    logging._srcfile = None  # noqa: SLF001 - logging skips caller lookups when this is None
     handler = TurnBufferedHandler(_buffered_stderr())
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("session_store")

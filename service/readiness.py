@@ -16,14 +16,9 @@ from typing import Any
 import redis.exceptions
 
 from service import metrics
+from service.keys import HASH_MAX_LISTPACK_VALUE
 
 logger = logging.getLogger("session_store.redis")
-
-# A user's records, devices and markers are hashes with values of about
-# 60 to 300 bytes. Redis keeps such a hash as a compact listpack only while
-# every value fits in hash-max-listpack-value bytes. Its default, 64, makes
-# them hashtables, which cost about 19 % more memory per session.
-RECOMMENDED_HASH_VALUE_BYTES = 1024
 
 FIRST_RETRY_DELAY_S = 0.1
 MAX_RETRY_DELAY_S = 5.0
@@ -92,14 +87,14 @@ class Readiness:
                 OSError) as exc:
             # Managed Redis services often disable CONFIG, and the check is advice only.
             logger.info("could not read hash-max-listpack-value (%s); make sure it is at least %d",
-                        type(exc).__name__, RECOMMENDED_HASH_VALUE_BYTES)
+                        type(exc).__name__, HASH_MAX_LISTPACK_VALUE)
             return
 
         limit = min(_config_values(reply), default=None)
-        if limit is not None and limit < RECOMMENDED_HASH_VALUE_BYTES:
+        if limit is not None and limit < HASH_MAX_LISTPACK_VALUE:
             logger.warning(
                 "redis has hash-max-listpack-value %d: per-user hashes become hashtables and "
-                "sessions cost about 19 %% more memory; set it to %d", limit, RECOMMENDED_HASH_VALUE_BYTES)
+                "sessions cost about 19 %% more memory; set it to %d", limit, HASH_MAX_LISTPACK_VALUE)
 
     async def stop(self) -> None:
         """Stop retrying, at shutdown."""

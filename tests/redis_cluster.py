@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from service.embedded import find_redis_server
+from service.keys import HASH_MAX_LISTPACK_VALUE
 
 MASTERS = 3
 
@@ -72,7 +73,8 @@ class RedisCluster:
             [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder),
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", "2000", "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--logfile", "redis.log", "--hash-max-ziplist-value", "1024"],
+             "--save", "", "--logfile", "redis.log",
+             "--hash-max-ziplist-value", str(HASH_MAX_LISTPACK_VALUE)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_for_pong(port)

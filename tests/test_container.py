@@ -24,7 +24,7 @@ import yaml
 from service.cli import build_parser
 from service.config import API_KEYS_ENV, REDIS_URL_ENV, build_settings
 from service.embedded import free_port
-from service.readiness import RECOMMENDED_HASH_VALUE_BYTES
+from service.keys import HASH_MAX_LISTPACK_VALUE
 from tests.redis_server import RedisServer
 from tests.service_process import ServiceProcess, ensure_redis_running
 
@@ -261,7 +261,7 @@ def test_compose_redis_keeps_hashes_compact() -> None:
 
     limit = int(command[command.index("--hash-max-listpack-value") + 1])
 
-    assert limit >= RECOMMENDED_HASH_VALUE_BYTES
+    assert limit >= HASH_MAX_LISTPACK_VALUE
 
 
 def test_compose_config_is_valid() -> None:
